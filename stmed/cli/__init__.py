@@ -1,0 +1,12 @@
+"""The ``stmed`` command line: one short function per command, each delegating to library code.
+
+Heavy libraries (torch, transformers, trl, peft) are imported inside the commands that use
+them, so ``stmed --help`` and ``stmed eval --predictions`` start instantly.
+"""
+
+from stmed.cli.app import app
+from stmed.cli import inspect  # noqa: F401  (each module registers its commands)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,3 @@
+from stmed.cli import main
+
+main()

@@ -1,0 +1,24 @@
+"""Errors a user can cause, and the exit codes every command shares (DESIGN.md section 4)."""
+
+EXIT_OK = 0  # every record done
+EXIT_SOME_FAILED = 1  # finished, but some records went to the errors file
+EXIT_USAGE = 2  # bad flag or malformed input: nothing was written
+EXIT_INTERRUPTED = 130  # Ctrl-C: the output is consistent and the run resumes
+
+
+class StmedError(Exception):
+    """An error the user can fix; printed as one line, never with a traceback."""
+
+    exit_code = EXIT_USAGE
+
+
+class InputError(StmedError):
+    """Malformed input file or bad flag value."""
+
+
+class RecordError(StmedError):
+    """One bad record (missing image, missing field): reported, and the run goes on."""
+
+
+class ImageError(RecordError):
+    """An image that cannot be opened or rendered."""

@@ -1,0 +1,198 @@
+"""Any medical image to an RGB PIL image: JPEG, PNG, TIFF, BMP, WebP and DICOM.
+
+DICOM files are rendered from pixels alone: the modality LUT, then the VOI LUT or window
+centre/width when the file has one, else min-max; MONOCHROME1 is inverted. Only the tags that
+rendering needs are read, and none of them leaves this module except the modality and window.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from stmed.errors import ImageError
+
+MAX_PIXELS = 120_000_000  # decompression-bomb guard: about 11k x 11k; whole-slide images need tiling first
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # LLaVA pads with the vision processor's mean colour
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".dcm", ".dicom", ".gif"}
+
+
+@dataclass
+class ImageInfo:
+    format: str
+    size: tuple[int, int]
+    mode: str
+    modality: str | None = None  # DICOM only
+    window: str | None = None  # DICOM only: how grey levels were mapped
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v not in (None, [])}
+
+
+def resolve_path(image: str, base_dir: Path | None = None, image_root: Path | None = None) -> Path:
+    """An image path from a record: absolute, or relative to --image-root, else the input's folder."""
+    p = Path(image).expanduser()
+    if p.is_absolute():
+        return p
+    return (image_root or base_dir or Path.cwd()) / p
+
+
+def is_dicom(path: Path, head: bytes) -> bool:
+    return head[128:132] == b"DICM" or path.suffix.lower() in (".dcm", ".dicom")
+
+
+def load_image(path: str | Path, *, max_pixels: int = MAX_PIXELS) -> tuple["Image.Image", ImageInfo]:  # noqa: F821
+    """Open an image file as RGB, or raise ImageError with one sentence naming the file."""
+    path = Path(path)
+    if not path.exists():
+        raise ImageError(f"{path}: image not found")
+    if path.is_dir():
+        raise ImageError(f"{path}: is a folder, not an image")
+    with open(path, "rb") as f:
+        head = f.read(132)
+    if not head:
+        raise ImageError(f"{path}: empty file")
+    if is_dicom(path, head):
+        return _load_dicom(path, max_pixels)
+    return _load_raster(path, max_pixels)
+
+
+def _load_raster(path: Path, max_pixels: int):
+    from PIL import Image, UnidentifiedImageError
+
+    Image.MAX_IMAGE_PIXELS = None  # our own guard below gives a clearer message
+    try:
+        img = Image.open(path)
+    except UnidentifiedImageError:
+        raise ImageError(f"{path}: not a readable image (unknown or corrupt format)") from None
+    except OSError as e:
+        raise ImageError(f"{path}: cannot open image ({e})") from None
+    w, h = img.size
+    if w * h > max_pixels:
+        raise ImageError(f"{path}: image is {w}x{h} = {w * h:,} pixels, above the limit of {max_pixels:,}")
+    fmt = img.format or path.suffix.lstrip(".").upper()
+    try:
+        img.load()
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageError(f"{path}: truncated or corrupt {fmt} image ({e})") from None
+    info = ImageInfo(format=fmt, size=img.size, mode=img.mode)
+    return to_rgb(img, info), info
+
+
+def to_rgb(img, info: ImageInfo):
+    """RGB from any PIL mode: 16-bit and float greys are min-max scaled, alpha goes onto black."""
+    import numpy as np
+    from PIL import Image
+
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        info.notes.append(f"{mode} grey levels scaled min-max to 8 bits")
+        return Image.fromarray(_minmax_u8(arr)).convert("RGB")
+    if mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if mode in ("LA", "La", "PA"):
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "RGBa"):
+        background = Image.new("RGB", img.size, (0, 0, 0))  # medical images sit on black
+        background.paste(img, mask=img.getchannel("A"))
+        return background
+    return img.convert("RGB")
+
+
+def _minmax_u8(arr):
+    import numpy as np
+
+    lo, hi = float(np.min(arr)), float(np.max(arr))
+    if hi <= lo:
+        return np.zeros(arr.shape, dtype=np.uint8)
+    return np.clip((arr - lo) / (hi - lo) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def _load_dicom(path: Path, max_pixels: int):
+    import numpy as np
+    import pydicom
+    from PIL import Image
+
+    try:
+        ds = pydicom.dcmread(path)
+    except Exception as e:  # pydicom raises many types for bad files
+        raise ImageError(f"{path}: not a readable DICOM file ({type(e).__name__})") from None
+    rows, cols = int(getattr(ds, "Rows", 0) or 0), int(getattr(ds, "Columns", 0) or 0)
+    if rows * cols == 0 or "PixelData" not in ds:
+        raise ImageError(f"{path}: DICOM file has no image pixels")
+    if rows * cols > max_pixels:
+        raise ImageError(f"{path}: DICOM image is {cols}x{rows}, above the limit of {max_pixels:,} pixels")
+    try:
+        arr = ds.pixel_array
+    except Exception as e:
+        raise ImageError(f"{path}: cannot decode DICOM pixels ({type(e).__name__}: {e})") from None
+    photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2"))
+    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    info = ImageInfo(format="DICOM", size=(cols, rows), mode=photometric, modality=getattr(ds, "Modality", None))
+    samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
+    if frames > 1:
+        arr = arr[frames // 2]
+        info.notes.append(f"middle frame of {frames}")
+    if samples == 3:
+        if photometric.startswith("YBR"):
+            from pydicom.pixels import convert_color_space
+
+            arr = convert_color_space(arr, photometric, "RGB")
+        info.window = "none (colour)"
+        return Image.fromarray(_minmax_u8(arr) if arr.dtype != np.uint8 else arr).convert("RGB"), info
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    values = apply_modality_lut(arr, ds)
+    if "VOILUTSequence" in ds:
+        values, info.window = apply_voi_lut(values, ds), "VOI LUT"
+    elif "WindowCenter" in ds and "WindowWidth" in ds:
+        values = apply_voi_lut(values, ds)
+        info.window = f"centre {_first(ds.WindowCenter):g} / width {_first(ds.WindowWidth):g}"
+    else:
+        info.window = "min-max"
+    u8 = _minmax_u8(np.asarray(values, dtype=np.float64))
+    if photometric == "MONOCHROME1":
+        u8 = 255 - u8  # MONOCHROME1: low values are bright
+        info.notes.append("MONOCHROME1 inverted")
+    return Image.fromarray(u8).convert("RGB"), info
+
+
+def _first(value) -> float:
+    try:
+        return float(value[0])
+    except TypeError:
+        return float(value)
+
+
+def pad_to_square(img, mean: tuple[float, float, float] = CLIP_MEAN):
+    """LLaVA's ``pad`` (expand2square): centre the image on a square of the mean colour."""
+    from PIL import Image
+
+    w, h = img.size
+    if w == h:
+        return img
+    side = max(w, h)
+    colour = tuple(int(c * 255) for c in mean)
+    canvas = Image.new(img.mode, (side, side), colour)
+    canvas.paste(img, ((side - w) // 2, (side - h) // 2))
+    return canvas
+
+
+def encode_for_api(img, max_side: int = 1024, quality: int = 90) -> tuple[str, str]:
+    """(data URL, sha256 of the bytes) of an image resized to at most ``max_side``: pixels only."""
+    img = img.copy()
+    img.thumbnail((max_side, max_side))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=quality)  # a fresh JPEG carries no source metadata
+    data = buf.getvalue()
+    return "data:image/jpeg;base64," + base64.b64encode(data).decode("ascii"), hashlib.sha256(data).hexdigest()
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files under a folder, recursively, in a stable order."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)

@@ -1,0 +1,246 @@
+"""JSONL records in and out.
+
+Reading is strict: the whole input is checked before a stage writes anything, so a malformed
+file stops with one line naming file:line. Writing is resumable: an existing output file is
+scanned for the keys it already holds (a torn last line from a killed run is repaired), and
+every record is written as one line and flushed, so a killed run loses at most what was in flight.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from stmed.errors import InputError
+
+STDIO = "-"
+
+
+class Record(dict):
+    """A JSON object from an input file; ``where`` is its "file:line" for error messages."""
+
+    where: str = "?"
+    base_dir: Path | None = None  # folder that relative image paths resolve against
+
+    @classmethod
+    def at(cls, data: dict, where: str, base_dir: Path | None = None) -> Record:
+        rec = cls(data)
+        rec.where, rec.base_dir = where, base_dir
+        return rec
+
+    def derive(self, **fields: Any) -> Record:
+        """A copy with ``fields`` added, keeping every other key and the source location."""
+        return Record.at({**self, **fields}, self.where, self.base_dir)
+
+
+def dumps(record: dict) -> str:
+    return json.dumps(record, ensure_ascii=False, separators=(", ", ": "))
+
+
+def _input_name(path: str | Path) -> str:
+    return "<stdin>" if str(path) == STDIO else str(path)
+
+
+def read_records(path: str | Path, *, assign_ids: bool = True, unique_ids: bool = True) -> list[Record]:
+    """Read every record of a JSONL file (or ``-`` for stdin), or raise one InputError.
+
+    Blank lines are skipped. A record without ``id`` gets one from its image path and line
+    number, so ids are stable across runs of the same file.
+    """
+    name = _input_name(path)
+    if str(path) == STDIO:
+        raw, base = sys.stdin.buffer.read(), Path.cwd()
+    else:
+        p = Path(path)
+        if not p.exists():
+            raise InputError(f"{name}: no such file")
+        if p.is_dir():
+            raise InputError(f"{name}: is a folder, expected a JSONL file")
+        raw, base = p.read_bytes(), p.resolve().parent
+    records: list[Record] = []
+    first_line: dict[str, int] = {}
+    for lineno, line in enumerate(raw.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        where = f"{name}:{lineno}"
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise InputError(f"{where}: not valid UTF-8 (byte {e.start})") from None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(data, dict):
+            raise InputError(f"{where}: expected a JSON object, got {type(data).__name__}")
+        if "id" not in data and assign_ids:
+            data = {"id": f"{data.get('image', 'line')}:{lineno}", **data}
+        if "id" in data:
+            if not isinstance(data["id"], (str, int)):
+                raise InputError(f"{where}: 'id' must be a string or number")
+            data["id"] = str(data["id"])
+            if unique_ids:
+                if data["id"] in first_line:
+                    raise InputError(
+                        f"{where}: duplicate id {data['id']!r} (first at line {first_line[data['id']]})"
+                    )
+                first_line[data["id"]] = lineno
+        records.append(Record.at(data, where, base))
+    return records
+
+
+def require(record: Record, *fields: str, types: dict[str, type] | None = None) -> None:
+    """Raise RecordError naming the record's file:line when a field is missing or mistyped."""
+    from stmed.errors import RecordError
+
+    for f in fields:
+        value = record.get(f)
+        if value is None or value == "":
+            raise RecordError(f"{record.where}: missing field {f!r}")
+        want = (types or {}).get(f, None)
+        if want is not None and not isinstance(value, want):
+            raise RecordError(f"{record.where}: field {f!r} must be {want.__name__}, got {type(value).__name__}")
+
+
+def scan_output(path: Path, key: str = "id") -> set[str]:
+    """Keys already in an output file; repairs a torn last line left by a killed run."""
+    if not path.exists() or path.stat().st_size == 0:
+        return set()
+    with open(path, "rb+") as f:
+        data = f.read()
+        if not data.endswith(b"\n"):
+            cut = data.rfind(b"\n") + 1
+            tail = data[cut:]
+            try:
+                json.loads(tail)
+                f.write(b"\n")  # complete record that only lacks its newline
+                data += b"\n"
+            except ValueError:
+                f.truncate(cut)  # half-written record: drop it, it will be redone
+                data = data[:cut]
+    keys: set[str] = set()
+    for lineno, line in enumerate(data.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            raise InputError(f"{path}:{lineno}: existing output is not valid JSONL; use --overwrite") from None
+        if isinstance(rec, dict) and key in rec:
+            keys.add(str(rec[key]))
+    return keys
+
+
+class RecordWriter:
+    """Writes one JSON line per record to a file (resumable) or stdout, flushing each one."""
+
+    def __init__(self, path: str | Path | None, *, overwrite: bool = False, key: str = "id"):
+        self.path = None if path in (None, STDIO) else Path(path)
+        self.key = key
+        self.done: set[str] = set()
+        self.written = 0
+        self._fh: IO[str]
+        if self.path is None:
+            self._fh = sys.stdout
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if overwrite and self.path.exists():
+            self.path.unlink()
+        self.done = scan_output(self.path, key)
+        self._fh = open(self.path, "a", encoding="utf-8")
+
+    def is_done(self, key: str) -> bool:
+        return key in self.done
+
+    def write(self, record: dict) -> None:
+        self._fh.write(dumps(record) + "\n")
+        self._fh.flush()
+        self.written += 1
+        if self.key in record:
+            self.done.add(str(record[self.key]))
+
+    def close(self) -> None:
+        if self._fh is not sys.stdout:
+            self._fh.close()
+
+    def __enter__(self) -> RecordWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def default_errors_path(output: str | Path | None) -> Path | None:
+    if output in (None, STDIO):
+        return None
+    out = Path(output)
+    stem = out.name[: -len(".jsonl")] if out.name.endswith(".jsonl") else out.name
+    return out.with_name(stem + ".errors.jsonl")
+
+
+class ErrorSink:
+    """Bad records: one JSON line each in the errors file, or one human line on stderr.
+
+    The file holds the failures of the latest run: failed records are retried on resume,
+    so an older failure either succeeds now or is written again.
+    """
+
+    def __init__(self, path: str | Path | None):
+        self.path = None if path in (None, STDIO) else Path(path)
+        self.count = 0
+        self._fh: IO[str] | None = None
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(self.path, "w", encoding="utf-8")
+
+    def add(self, record: dict, message: str, **extra: Any) -> None:
+        self.count += 1
+        where = getattr(record, "where", "?")
+        if self._fh is None:
+            print(f"stmed: {message}", file=sys.stderr)
+            return
+        entry = {"id": record.get("id"), "where": where, "error": message, **extra}
+        self._fh.write(dumps(entry) + "\n")
+        self._fh.flush()
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            if self.count == 0 and self.path is not None:
+                self.path.unlink(missing_ok=True)  # no failures: leave no empty file behind
+
+
+def write_jsonl(path: str | Path, records: Iterable[dict]) -> None:
+    """Write a whole file atomically (for small artefacts, not for stage outputs)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(dumps(r) + "\n")
+    os.replace(tmp, path)
+
+
+def iter_pending(records: Iterable[Record], writer: RecordWriter, key: str = "id") -> Iterator[Record]:
+    """Records whose key the output does not hold yet."""
+    return (r for r in records if str(r.get(key)) not in writer.done)
+
+
+def shard_of(key: str, n: int) -> int:
+    """A stable shard number for a key (the same on every machine and Python run)."""
+    import hashlib
+
+    return int.from_bytes(hashlib.sha1(key.encode("utf-8")).digest()[:8], "big") % n
+
+
+def select(records: list[Record], *, shard: tuple[int, int] | None = None, limit: int | None = None) -> list[Record]:
+    """``--limit`` first (the first N input records), then this process's ``--shard I/N``."""
+    if limit is not None:
+        records = records[:limit]
+    if shard is not None:
+        i, n = shard
+        records = [r for r in records if shard_of(str(r.get("id")), n) == i]
+    return records
