@@ -1,0 +1,221 @@
+"""Batched generation for every stage: length-sorted batches, left padding, seeded samples.
+
+Each sample carries its own seed and its own random stream: sampling is done by a logits
+processor that draws, for row r at step t, the t-th uniform of a generator seeded with that
+row's seed, and then lets ``generate`` pick that token greedily. So a seed gives the same text
+whether it runs alone or in a batch of 64, which torch's one shared generator cannot promise.
+On out-of-memory a batch is split in half and the batch size stays smaller from then on.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from stmed.core.chat import ContinueAs, render
+
+
+@dataclass
+class SamplingParams:
+    max_new_tokens: int = 256
+    temperature: float = 0.0  # 0 means greedy
+    top_k: int = 0  # 0 means no top-k filter
+    top_p: float = 1.0
+    ignore_eos: bool = False  # benchmarks: always generate max_new_tokens
+    stop: tuple[str, ...] = ()  # text is cut at the first of these
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0
+
+    def record(self) -> dict:
+        if self.greedy:
+            return {"temperature": 0.0, "max_new_tokens": self.max_new_tokens}
+        return {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p,
+                "max_new_tokens": self.max_new_tokens}
+
+
+@dataclass
+class GenRequest:
+    messages: list[dict]
+    image: Any = None  # an RGB PIL image, or None for text-only
+    seeds: Sequence[int | None] = (None,)  # one generated text per seed; None when greedy
+    continue_as: ContinueAs = "assistant"
+    prompt: str | None = None  # pre-rendered prompt text (overrides messages)
+
+
+@dataclass
+class GenOutput:
+    texts: list[str]
+    tokens: list[int] = field(default_factory=list)  # new tokens per sample
+
+    @property
+    def total_tokens(self) -> int:
+        return sum(self.tokens)
+
+
+class SeededSampler:
+    """Temperature, top-k and top-p sampling with one random stream per row (see module doc)."""
+
+    def __init__(self, seeds: Sequence[int], params: SamplingParams, prompt_len: int, device):
+        import torch
+
+        self.params, self.prompt_len = params, prompt_len
+        rows = [torch.rand(params.max_new_tokens, generator=torch.Generator().manual_seed(int(s)), dtype=torch.float64)
+                for s in seeds]
+        self.uniforms = torch.stack(rows).to(device)
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        p = self.params
+        step = input_ids.shape[1] - self.prompt_len
+        logits = scores.float() / p.temperature
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        if p.top_k and p.top_k < sorted_logits.shape[-1]:
+            sorted_logits[:, p.top_k:] = float("-inf")
+        probs = torch.softmax(sorted_logits, dim=-1)
+        if p.top_p < 1.0:
+            before = torch.cumsum(probs, dim=-1) - probs  # mass of strictly better tokens
+            probs = probs.masked_fill(before > p.top_p, 0.0)
+        cdf = torch.cumsum(probs.double(), dim=-1)
+        u = self.uniforms[:, step].unsqueeze(1) * cdf[:, -1:]
+        pick = torch.searchsorted(cdf, u).clamp(max=cdf.shape[-1] - 1)
+        token = order.gather(1, pick)
+        out = torch.full_like(scores, float("-inf"))
+        return out.scatter_(1, token, 0.0)
+
+
+def _is_oom(err: BaseException) -> bool:
+    import torch
+
+    return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in str(err).lower()
+
+
+class Generator:
+    """Runs requests through a loaded model in batches; ``batch_size`` shrinks on OOM."""
+
+    def __init__(self, loaded, batch_size: int = 8, *, static_cache: bool = False):
+        self.loaded, self.batch_size, self.static_cache = loaded, batch_size, static_cache
+        self.tok = loaded.tokenizer
+
+    def prompt_of(self, req: GenRequest) -> str:
+        if req.prompt is not None:
+            return req.prompt
+        return render(self.loaded.processor, req.messages, with_image=req.image is not None, continue_as=req.continue_as)
+
+    def run(self, requests: Sequence[GenRequest], params: SamplingParams) -> Iterator[tuple[int, GenOutput]]:
+        """Yields (request index, output) as each request's samples are all done."""
+        prompts = [self.prompt_of(r) for r in requests]
+        rows = [(i, k, seed) for i, r in enumerate(requests) for k, seed in enumerate(r.seeds)]
+        lengths = [len(self.tok(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+        # Longest first: equal lengths share batches (little padding) and OOM shows up early.
+        rows.sort(key=lambda row: (requests[row[0]].image is None, -lengths[row[0]], row[0], row[1]))
+        pending = {i: [None] * len(r.seeds) for i, r in enumerate(requests)}
+        counts = {i: [0] * len(r.seeds) for i, r in enumerate(requests)}
+        start = 0
+        while start < len(rows):
+            batch = rows[start:start + self.batch_size]
+            # Image and text-only rows never share a batch: the processor wants all or none.
+            batch = [row for row in batch if (requests[row[0]].image is None) == (requests[batch[0][0]].image is None)]
+            start += len(batch)
+            for (i, k, _), (text, n) in zip(batch, self._run_split(batch, requests, prompts, params)):
+                pending[i][k], counts[i][k] = text, n
+                if all(t is not None for t in pending[i]):
+                    yield i, GenOutput(pending.pop(i), counts.pop(i))
+
+    def _run_split(self, batch, requests, prompts, params) -> list[tuple[str, int]]:
+        try:
+            return self._run_batch(batch, requests, prompts, params)
+        except (RuntimeError, MemoryError) as err:
+            if not _is_oom(err) or len(batch) == 1:
+                raise
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            half = len(batch) // 2
+            self.batch_size = max(1, min(self.batch_size, half))
+            print(f"stmed: out of memory at batch {len(batch)}; continuing with batch size {self.batch_size}",
+                  file=sys.stderr)
+            return (self._run_split(batch[:half], requests, prompts, params)
+                    + self._run_split(batch[half:], requests, prompts, params))
+
+    def _run_batch(self, batch, requests, prompts, params) -> list[tuple[str, int]]:
+        import torch
+
+        loaded = self.loaded
+        real = len(batch)
+        if self.static_cache and real < self.batch_size:
+            batch = batch + [batch[-1]] * (self.batch_size - real)  # fixed shapes: no recompiles
+        texts = [prompts[i] for i, _, _ in batch]
+        images = [requests[i].image for i, _, _ in batch]
+        kwargs: dict[str, Any] = {"text": texts, "padding": True, "return_tensors": "pt"}
+        if images[0] is not None:
+            kwargs["images"] = images
+        if self.static_cache:
+            kwargs["pad_to_multiple_of"] = 64
+        enc = loaded.processor(**kwargs).to(loaded.device)
+        if "pixel_values" in enc:
+            enc["pixel_values"] = enc["pixel_values"].to(loaded.dtype)
+        prompt_len = enc["input_ids"].shape[1]
+        gen_kwargs: dict[str, Any] = dict(max_new_tokens=params.max_new_tokens, do_sample=False,
+                                          pad_token_id=self.tok.pad_token_id, temperature=None, top_p=None, top_k=None)
+        if params.ignore_eos:
+            gen_kwargs["min_new_tokens"] = params.max_new_tokens
+        if self.static_cache:
+            gen_kwargs["cache_implementation"] = "static"
+        if not params.greedy:
+            seeds = [0 if s is None else s for _, _, s in batch]
+            gen_kwargs["logits_processor"] = [SeededSampler(seeds, params, prompt_len, loaded.device)]
+        with torch.inference_mode():
+            out = loaded.model.generate(**enc, **gen_kwargs)
+        new = out[:real, prompt_len:]
+        results = []
+        for row in new.tolist():
+            n = len(row)
+            if self.tok.eos_token_id in row and not params.ignore_eos:
+                n = row.index(self.tok.eos_token_id)
+            text = self.tok.decode(row[:n], skip_special_tokens=True)
+            results.append((cut_at_stop(text, params.stop), n))
+        return results
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    cut = len(text)
+    for s in stop:
+        at = text.find(s)
+        if at >= 0:
+            cut = min(cut, at)
+    return text[:cut].strip()
+
+
+def generate(loaded, requests: Sequence[GenRequest], params: SamplingParams, batch_size: int = 8,
+             **kwargs: Any) -> Iterator[tuple[int, GenOutput]]:
+    """One-call form: (request index, output) pairs, in completion order."""
+    return Generator(loaded, batch_size, **kwargs).run(requests, params)
+
+
+def choice_logprobs(loaded, requests: Sequence[GenRequest], choices: Sequence[str], batch_size: int = 8) -> list[dict]:
+    """Log-probability of each choice's first token as the next token after each prompt."""
+    import torch
+
+    gen = Generator(loaded, batch_size)
+    tok = loaded.tokenizer
+    ids = {c: tok(c, add_special_tokens=False)["input_ids"][0] for c in choices}
+    results: list[dict] = []
+    for start in range(0, len(requests), batch_size):
+        chunk = requests[start:start + batch_size]
+        kwargs: dict[str, Any] = {"text": [gen.prompt_of(r) for r in chunk], "padding": True, "return_tensors": "pt"}
+        if all(r.image is not None for r in chunk):
+            kwargs["images"] = [r.image for r in chunk]
+        enc = loaded.processor(**kwargs).to(loaded.device)
+        if "pixel_values" in enc:
+            enc["pixel_values"] = enc["pixel_values"].to(loaded.dtype)
+        with torch.inference_mode():
+            logits = loaded.model(**enc).logits[:, -1, :].float()
+        logp = torch.log_softmax(logits, dim=-1)
+        results += [{c: float(row[i]) for c, i in ids.items()} for row in logp]
+    return results

@@ -1,0 +1,44 @@
+"""Shared fixtures: the tiny random model (built once per session), real data, the CLI runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+EXAMPLE_IMAGES = ROOT / "examples" / "images"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the Hub
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A tiny random LLaVA saved to disk by tools/make_tiny_model.py, as users would build it."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    from make_tiny_model import build
+
+    return build(tmp_path_factory.mktemp("models") / "tiny-llava", seed=0)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real benchmark data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+def run_stmed(*args: str, input: str | bytes | None = None, cwd: Path | None = None, env: dict | None = None,
+              timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run the real command line in a subprocess; returns the completed process (text mode)."""
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+    data = input.encode() if isinstance(input, str) else input
+    proc = subprocess.run([sys.executable, "-m", "stmed.cli", *map(str, args)], input=data, capture_output=True,
+                          cwd=cwd or ROOT, env=full_env, timeout=timeout)
+    proc.stdout, proc.stderr = proc.stdout.decode("utf-8", "replace"), proc.stderr.decode("utf-8", "replace")
+    return proc
