@@ -5,7 +5,7 @@ them, so ``stmed --help`` and ``stmed eval --predictions`` start instantly.
 """
 
 from stmed.cli.app import app
-from stmed.cli import inspect  # noqa: F401  (each module registers its commands)
+from stmed.cli import generate, inspect  # noqa: F401  (each module registers its commands)
 
 
 def main() -> None:

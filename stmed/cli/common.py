@@ -94,3 +94,60 @@ def parse_ints(text: str, flag: str) -> list[int]:
     except ValueError:
         fail(f"{flag} {text!r}: expected comma-separated integers, for example 40,42")
         raise
+
+
+def open_input(source: str, *, image_root: Path | None = None, folder_ok: bool = False):
+    """Records from a JSONL file, stdin (-), or (where allowed) a folder of images."""
+    from stmed.records import read_records
+
+    if folder_ok and source != "-" and Path(source).is_dir():
+        from stmed.stages.questions import image_records
+
+        return image_records(Path(source))
+    return read_records(source)
+
+
+def run_stage(name: str, produce, *, output: str | None, errors: str | None, overwrite: bool, quiet: bool,
+              total: int, unit: str = "records") -> int:
+    """Open the resumable output and the errors file, drive ``produce(writer.done, errors, tracker)``,
+    write what it yields, print the summary; returns the exit code."""
+    from stmed.progress import track
+    from stmed.records import ErrorSink, RecordWriter, default_errors_path
+
+    writer = RecordWriter(output, overwrite=overwrite)
+    sink = ErrorSink(errors if errors is not None else default_errors_path(output))
+    try:
+        with track(name, total, quiet=quiet, unit=unit) as tracker:
+            tracker.counts["skipped"] = len(writer.done)
+            for record in produce(writer.done, sink, tracker):
+                writer.write(record)
+            tracker.counts["failed"] = sink.count
+    finally:
+        writer.close()
+        sink.close()
+    if sink.count and sink.path is not None and not quiet:
+        print(f"stmed {name}: {sink.count} failed record(s) listed in {sink.path}", file=sys.stderr)
+    return exit_code(sink.count)
+
+
+BackendName = Annotated[str, typer.Option("--backend", help="hf (in-process model) | openai (OpenAI-compatible server).")]
+BaseUrl = Annotated[Optional[str], typer.Option("--base-url", help="Server URL for --backend openai, e.g. http://127.0.0.1:8000/v1.")]
+ApiKeyEnv = Annotated[str, typer.Option("--api-key-env", help="Environment variable holding the API key.")]
+Concurrency = Annotated[int, typer.Option("--concurrency", min=1, help="Requests in flight (--backend openai).")]
+StaticCache = Annotated[bool, typer.Option("--static-cache", help="GPU: static KV cache with compiled decode (fixed batch shapes).")]
+
+
+def make_backend(backend: str, flags: ModelFlags, *, batch_size: int, base_url: str | None = None,
+                 api_key_env: str = "OPENAI_API_KEY", concurrency: int = 16, static_cache: bool = False):
+    """The generation backend a command asked for (the model loads here, after input checks)."""
+    if backend == "hf":
+        from stmed.core.backend import HFBackend
+
+        return HFBackend(flags.spec(), batch_size=batch_size, static_cache=static_cache)
+    if backend == "openai":
+        if not base_url and not flags.model:
+            fail("--backend openai needs -m MODEL (the served model's name)")
+        from stmed.backends.openai_backend import OpenAIBackend
+
+        return OpenAIBackend(flags.model, base_url=base_url, api_key_env=api_key_env, concurrency=concurrency)
+    fail(f"--backend {backend!r}: expected hf or openai")

@@ -1,0 +1,58 @@
+"""inspect: a quick look at one medical image from the terminal."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from stmed.cli import common as c
+from stmed.cli.app import app
+
+
+@app.command("inspect")
+@c.command
+def inspect(
+    image: Annotated[Path, typer.Argument(help="An image file: JPEG, PNG, TIFF, BMP, WebP or DICOM.")],
+    model: c.Model,
+    question: Annotated[Optional[list[str]], typer.Option("-q", "--question", help="Ask this (repeatable).")] = None,
+    n_questions: Annotated[int, typer.Option("-n", help="Questions the model asks itself.")] = 3,
+    max_new_tokens: Annotated[int, typer.Option(help="Per answer and question.")] = 128,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a panel.")] = False,
+    adapter: c.Adapter = None, device: c.Device = "auto", dtype: c.DType = "auto", seed: c.Seed = 0,
+    trust_remote_code: c.TrustRemote = False,
+) -> int:
+    """Show an image's facts, the model's description, its own questions and its answers."""
+    from stmed.images import load_image
+    from stmed.stages.inspect import inspect_image
+
+    load_image(image)  # a bad image fails here, before the model loads
+    engine = c.make_backend("hf", c.ModelFlags(model, adapter, device, dtype, trust_remote_code), batch_size=8)
+    result = inspect_image(engine, image, question or [], n_questions=n_questions, seed=seed,
+                           max_new_tokens=max_new_tokens)
+    if as_json:
+        print(json.dumps(result, ensure_ascii=False))
+    else:
+        _show(result)
+    return 0
+
+
+def _show(result: dict) -> None:
+    from rich.console import Console, Group
+    from rich.panel import Panel
+    from rich.table import Table
+    from rich.text import Text
+
+    facts = Table.grid(padding=(0, 2))
+    for k, v in result["facts"].items():
+        facts.add_row(Text(k, style="bold"), Text(", ".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)))
+    qa = Table(show_header=True, header_style="bold", expand=True)
+    qa.add_column("question", ratio=1)
+    qa.add_column("answer", ratio=2)
+    for item in result["qa"]:
+        qa.add_row(("[self] " if item["self_asked"] else "") + item["question"], item["answer"])
+    body = Group(facts, Text(""), Text("description", style="bold"), Text(result["description"]), Text(""), qa)
+    title = f"{result['image']}  ·  {result['model']['model']}"
+    Console(highlight=False).print(Panel(body, title=title, title_align="left"))

@@ -1,0 +1,44 @@
+"""One interface for "a model that generates from (image, messages)".
+
+The in-process Hugging Face model and any OpenAI-compatible server implement it, so stages
+(questions, answers, evaluation, the local judge) never care which one runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Protocol
+
+from stmed.core.generate import GenOutput, GenRequest, Generator, SamplingParams
+
+
+class Backend(Protocol):
+    name: str
+    continues_as_user: bool  # can it continue a conversation in the user's role (raw prompts)?
+
+    def generate(self, requests: Sequence[GenRequest], params: SamplingParams) -> Iterator[tuple[int, GenOutput]]: ...
+
+    def describe(self) -> dict: ...
+
+
+class HFBackend:
+    """The shared core: a model loaded once in this process, batched generation."""
+
+    name = "hf"
+    continues_as_user = True
+
+    def __init__(self, spec, batch_size: int = 8, static_cache: bool = False):
+        from stmed.core.model import load_model
+
+        self.loaded = load_model(spec)
+        self.generator = Generator(self.loaded, batch_size, static_cache=static_cache)
+
+    @property
+    def processor(self):
+        return self.loaded.processor
+
+    def generate(self, requests, params):
+        return self.generator.run(requests, params)
+
+    def describe(self) -> dict:
+        return {"backend": self.name, **self.loaded.describe()}

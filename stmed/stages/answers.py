@@ -1,0 +1,85 @@
+"""answer: ``n`` sampled answers to each question, each with its own recorded seed."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from stmed import __version__
+from stmed.core.generate import GenRequest, SamplingParams
+from stmed.errors import InputError, RecordError
+from stmed.prompts import Prompt
+from stmed.records import ErrorSink, Record, require
+from stmed.stages.common import chunks, record_image
+
+
+@dataclass
+class AnswersConfig:
+    n: int = 2  # paper: 2 sampled answers per question
+    seeds: tuple[int, ...] = (40, 42)  # paper: seeds 40 and 42
+    greedy: bool = False  # one deterministic answer instead
+    temperature: float = 1.2  # paper's answer sampling: T=1.2, top_k=100, top_p=0.95, <=1024 tokens
+    top_k: int = 100
+    top_p: float = 0.95
+    max_new_tokens: int = 1024
+    chunk_size: int = 64  # questions per unit of work
+    image_root: Path | None = None
+    pad_square: bool = False
+    system_prompt: Prompt | None = None
+    template: Prompt | None = None  # text with {question}; default: the question as is
+    sample_seeds: list[int | None] = field(init=False)
+
+    def __post_init__(self):
+        if self.greedy:
+            self.n, self.sample_seeds = 1, [None]
+            return
+        if self.n < 1:
+            raise InputError("-n must be at least 1")
+        seeds = list(self.seeds)
+        if len(seeds) > self.n:
+            seeds = seeds[: self.n]
+        while len(seeds) < self.n:  # more samples than seeds: continue after the largest
+            seeds.append(max(seeds, default=-1) + 1)
+        if len(set(seeds)) != len(seeds):
+            raise InputError(f"--seeds {','.join(map(str, self.seeds))}: seeds must differ, or answers repeat")
+        self.sample_seeds = seeds
+        if self.template is not None and "{question}" not in self.template.text:
+            raise InputError("the answer template file must contain {question}")
+
+    def sampling(self) -> SamplingParams:
+        if self.greedy:
+            return SamplingParams(self.max_new_tokens)
+        return SamplingParams(self.max_new_tokens, self.temperature, self.top_k, self.top_p)
+
+    def messages(self, question: str) -> list[dict]:
+        text = self.template.text.replace("{question}", question) if self.template else question
+        msgs = [{"role": "user", "content": text}]
+        if self.system_prompt is not None:
+            msgs.insert(0, {"role": "system", "content": self.system_prompt.text})
+        return msgs
+
+
+def run(cfg: AnswersConfig, backend, records: list[Record], errors: ErrorSink,
+        done: set[str] = frozenset(), tracker=None) -> Iterator[Record]:
+    """Each question record with ``answers`` added, in input order."""
+    meta = {**backend.describe(), **cfg.sampling().record(), "stmed": __version__,
+            "prompts": {p.name: p.version for p in (cfg.system_prompt, cfg.template) if p is not None}}
+    for chunk in chunks((r for r in records if r["id"] not in done), cfg.chunk_size):
+        ready: list[tuple[Record, GenRequest]] = []
+        for rec in chunk:
+            try:
+                require(rec, "question", types={"question": str})
+                ready.append((rec, GenRequest(cfg.messages(rec["question"]), record_image(rec, cfg.image_root, cfg.pad_square),
+                                              seeds=cfg.sample_seeds)))
+            except RecordError as e:
+                errors.add(rec, str(e))
+                if tracker:
+                    tracker.advance(kind="failed")
+        outputs = dict(backend.generate([req for _, req in ready], cfg.sampling()))
+        for j, (rec, req) in enumerate(ready):
+            out = outputs[j]
+            answers = [{"text": t, "seed": s} for t, s in zip(out.texts, req.seeds)]
+            if tracker:
+                tracker.advance(tokens=out.total_tokens)
+            yield rec.derive(answers=answers, answer_gen=meta)

@@ -1,0 +1,52 @@
+"""Helpers every generation stage shares: record images, stable seeds, chunked ordered output."""
+
+from __future__ import annotations
+
+import hashlib
+from functools import lru_cache
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+from stmed.errors import RecordError
+from stmed.images import load_image, pad_to_square, resolve_path
+from stmed.records import Record
+
+T = TypeVar("T")
+
+
+def record_image(rec: Record, image_root: Path | None = None, pad_square: bool = False):
+    """The record's image as RGB (optionally padded square), or RecordError naming file:line."""
+    image = rec.get("image")
+    if not isinstance(image, str) or not image:
+        raise RecordError(f"{rec.where}: missing field 'image'")
+    try:
+        return _load(str(resolve_path(image, rec.base_dir, image_root)), pad_square)
+    except RecordError as e:
+        raise RecordError(f"{rec.where}: {e}") from None
+
+
+@lru_cache(maxsize=64)
+def _load(path: str, pad_square: bool):
+    """Questions about one image sit together: decode each image once, not once per question."""
+    img, _ = load_image(path)
+    return pad_to_square(img) if pad_square else img
+
+
+def seed_for(base: int, key: str, k: int) -> int:
+    """A sample's seed from the run's seed, the record's id and the sample number: stable
+    across batch sizes, shards and resumed runs."""
+    digest = hashlib.sha256(f"{base}\0{key}\0{k}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+def chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """Work is formed in chunks so batches span records, and output keeps input order."""
+    chunk: list[T] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

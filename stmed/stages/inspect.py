@@ -1,0 +1,42 @@
+"""inspect: one image in the terminal: its facts, the model's description, questions it asks
+itself (the same vuser path as gen-questions) and its answers, plus the user's own questions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from stmed.errors import RecordError
+from stmed.images import load_image
+from stmed.records import ErrorSink, Record
+from stmed.stages import answers, questions
+
+
+def inspect_image(backend, path: Path, asked: list[str], *, n_questions: int = 3, seed: int = 0,
+                  max_new_tokens: int = 128) -> dict:
+    _, info = load_image(path)  # raises ImageError (exit 2) before any model work
+    rec = Record.at({"id": path.name, "image": str(path.resolve())}, str(path), path.resolve().parent)
+    sink = ErrorSink(None)
+    qcfg = questions.QuestionsConfig(n=n_questions, seed=seed, max_new_tokens=max_new_tokens,
+                                     describe_max_new_tokens=max_new_tokens * 2)
+    qs = list(questions.run(qcfg, backend, [rec], sink)) if n_questions else []
+    description = qs[0]["description"] if qs else _describe(backend, rec, max_new_tokens * 2)
+    items = [rec.derive(id=f"ask{k}", question=q) for k, q in enumerate(asked)]
+    items += [rec.derive(id=q["id"], question=q["question"], self_asked=True) for q in qs]
+    acfg = answers.AnswersConfig(greedy=True, max_new_tokens=max_new_tokens)
+    answered = list(answers.run(acfg, backend, items, sink))
+    if sink.count:
+        raise RecordError(f"{path}: the model could not process this image")
+    return {
+        "image": str(path), "facts": info.to_dict(), "model": backend.describe(), "description": description,
+        "qa": [{"question": a["question"], "answer": a["answers"][0]["text"], "self_asked": bool(a.get("self_asked"))}
+               for a in answered],
+    }
+
+
+def _describe(backend, rec: Record, max_new_tokens: int) -> str:
+    from stmed.core.generate import GenRequest, SamplingParams
+    from stmed.prompts import DESCRIBE
+    from stmed.stages.common import record_image
+
+    req = GenRequest([{"role": "user", "content": DESCRIBE.text}], record_image(rec))
+    return next(iter(backend.generate([req], SamplingParams(max_new_tokens))))[1].texts[0]

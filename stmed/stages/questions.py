@@ -1,0 +1,177 @@
+"""gen-questions: the policy describes each image, then asks its own questions about it.
+
+STLLaVA-Med's method (``vuser``): turn 1 is a greedy detailed description; then the model
+continues *in the user's role* after that description, as a curious virtual user, and samples
+``n`` questions. ``instruct`` asks for a question in an ordinary user turn instead (for
+backends that cannot continue a raw prompt, such as chat APIs).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from stmed import __version__, prompts
+from stmed.core.generate import GenRequest, SamplingParams
+from stmed.errors import InputError, RecordError
+from stmed.images import list_images
+from stmed.records import ErrorSink, Record
+from stmed.stages.common import chunks, record_image, seed_for
+
+STRATEGIES = ("vuser", "instruct")
+
+
+@dataclass
+class QuestionsConfig:
+    n: int = 5  # paper: 5 questions per image
+    strategy: str = "vuser"  # paper: the model continues in the user's role
+    temperature: float = 1.2  # paper's question sampling: T=1.2, top_k=300, top_p=0.95, <=300 tokens
+    top_k: int = 300
+    top_p: float = 0.95
+    max_new_tokens: int = 300
+    describe_max_new_tokens: int = 512  # turn 1, greedy as in the paper
+    seed: int = 0
+    max_tries: int = 3  # sampling rounds to replace empty or duplicate questions
+    chunk_size: int = 32  # images per unit of work (batches form across them)
+    image_root: Path | None = None
+    pad_square: bool = False
+    system_prompt: prompts.Prompt = field(default_factory=lambda: prompts.VUSER_SYSTEM)
+    describe_prompt: prompts.Prompt = field(default_factory=lambda: prompts.DESCRIBE)
+    ask_prompt: prompts.Prompt = field(default_factory=lambda: prompts.INSTRUCT_ASK)
+
+    def __post_init__(self):
+        if self.strategy not in STRATEGIES:
+            raise InputError(f"--strategy {self.strategy!r}: expected one of {', '.join(STRATEGIES)}")
+        if self.n < 1 or self.max_tries < 1:
+            raise InputError("-n and --max-tries must be at least 1")
+
+    def sampling(self) -> SamplingParams:
+        return SamplingParams(self.max_new_tokens, self.temperature, self.top_k, self.top_p)
+
+
+def image_records(folder: Path) -> list[Record]:
+    """A folder of images as input records, ids from relative paths (stable, sorted)."""
+    found = list_images(folder)
+    if not found:
+        raise InputError(f"{folder}: no image files found (looked for JPEG, PNG, TIFF, BMP, WebP, DICOM)")
+    base = folder.resolve()
+    return [Record.at({"id": p.relative_to(folder).as_posix(), "image": str(p.resolve())},
+                      f"{folder}/{p.relative_to(folder).as_posix()}", base) for p in found]
+
+
+_PREFIX = re.compile(r"^\s*(?:(?:user|human|question|q|virtual user)\s*[:\-]\s*|\d+[.)]\s+|[-*]\s+)", re.I)
+
+
+def clean_question(text: str, markers: list[str]) -> str:
+    """One question from raw model text: role prefixes, later turns and trailing chatter cut."""
+    for m in markers:
+        at = text.find(m)
+        if at >= 0:
+            text = text[:at]
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    text = lines[0] if lines else ""
+    for _ in range(3):
+        text = _PREFIX.sub("", text)
+    if "?" in text:
+        text = text[: text.index("?") + 1]
+    return text.strip().strip("\"'").strip()
+
+
+def normalise(text: str) -> str:
+    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
+
+
+def run(cfg: QuestionsConfig, backend, records: list[Record], errors: ErrorSink,
+        done: set[str] = frozenset(), tracker=None) -> Iterator[Record]:
+    """Question records (DESIGN.md section 3), in input order, skipping ids already in ``done``."""
+    if cfg.strategy == "vuser" and not backend.continues_as_user:
+        raise InputError("--strategy vuser needs raw prompt continuation, which the openai backend "
+                         "cannot do; use --strategy instruct with --backend openai")
+    from stmed.core.chat import role_markers
+
+    markers = role_markers(backend.processor) if hasattr(backend, "processor") else []
+    todo = [r for r in records if not all(f"{r['id']}:q{k}" in done for k in range(cfg.n))]
+    for chunk in chunks(todo, cfg.chunk_size):
+        yield from _run_chunk(cfg, backend, chunk, errors, done, markers, tracker)
+
+
+def _run_chunk(cfg, backend, chunk, errors, done, markers, tracker) -> Iterator[Record]:
+    images: dict[int, object] = {}
+    for i, rec in enumerate(chunk):
+        try:
+            images[i] = record_image(rec, cfg.image_root, cfg.pad_square)
+        except RecordError as e:
+            errors.add(rec, str(e))
+            if tracker:
+                tracker.advance(kind="failed")
+    order = sorted(images)
+    describe_ctx = [{"role": "user", "content": cfg.describe_prompt.text}]
+    if cfg.strategy == "vuser":
+        describe_ctx = [{"role": "system", "content": cfg.system_prompt.text}, *describe_ctx]
+    greedy = SamplingParams(cfg.describe_max_new_tokens)
+    reqs = [GenRequest(describe_ctx, images[i]) for i in order]
+    descriptions: dict[int, str] = {}
+    tokens = 0
+    for j, out in backend.generate(reqs, greedy):
+        descriptions[order[j]] = out.texts[0]
+        tokens += out.total_tokens
+    found: dict[int, list[tuple[str, int]]] = {i: [] for i in order}
+    seen: dict[int, set[str]] = {i: set() for i in order}
+    dropped = {i: 0 for i in order}
+    drawn = {i: 0 for i in order}
+    for _ in range(cfg.max_tries):
+        need = [i for i in order if len(found[i]) < cfg.n]
+        if not need:
+            break
+        reqs = []
+        for i in need:
+            missing = cfg.n - len(found[i])
+            seeds = [seed_for(cfg.seed, chunk[i]["id"], drawn[i] + s) for s in range(missing)]
+            drawn[i] += missing
+            reqs.append(_ask_request(cfg, descriptions[i], images[i], seeds))
+        for j, out in backend.generate(reqs, cfg.sampling()):
+            i = need[j]
+            tokens += out.total_tokens
+            for text, seed in zip(out.texts, reqs[j].seeds):
+                q = clean_question(text, markers)
+                key = normalise(q)
+                if len(key) < 3 or key in seen[i]:
+                    dropped[i] += 1
+                    continue
+                seen[i].add(key)
+                found[i].append((q, seed))
+    for i in order:
+        rec = chunk[i]
+        if not found[i]:
+            errors.add(rec, f"{rec.where}: no usable question after {cfg.max_tries} tries ({dropped[i]} dropped)")
+            if tracker:
+                tracker.advance(kind="failed")
+            continue
+        for k, (q, seed) in enumerate(found[i][: cfg.n]):
+            qid = f"{rec['id']}:q{k}"
+            if qid in done:
+                continue
+            yield rec.derive(id=qid, image_id=rec["id"], question=q, description=descriptions[i],
+                             gen=_gen_record(cfg, backend, seed, dropped[i]))
+        if tracker:
+            tracker.advance(tokens=tokens)
+            tokens = 0
+
+
+def _ask_request(cfg: QuestionsConfig, description: str, image, seeds: list[int]) -> GenRequest:
+    if cfg.strategy == "vuser":
+        ctx = prompts.vuser_context(description, cfg.system_prompt, cfg.describe_prompt)
+        return GenRequest(ctx, image, seeds, continue_as="user")
+    ctx = [{"role": "user", "content": cfg.describe_prompt.text},
+           {"role": "assistant", "content": description},
+           {"role": "user", "content": cfg.ask_prompt.text}]
+    return GenRequest(ctx, image, seeds)
+
+
+def _gen_record(cfg: QuestionsConfig, backend, seed: int, dropped: int) -> dict:
+    used = [cfg.describe_prompt, cfg.system_prompt] if cfg.strategy == "vuser" else [cfg.describe_prompt, cfg.ask_prompt]
+    return {**backend.describe(), "strategy": cfg.strategy, **cfg.sampling().record(), "seed": seed,
+            "describe_max_new_tokens": cfg.describe_max_new_tokens, "dropped": dropped,
+            "prompts": {p.name: p.version for p in used}, "stmed": __version__}
