@@ -1,0 +1,1 @@
+"""The expert judge: pairs of sampled answers in, preference pairs out (DESIGN.md section 5)."""
