@@ -1,0 +1,351 @@
+"""One function per benchmark file format; each returns items as Records (see benchmarks.py).
+
+Rows are named ``file: item N`` in errors (JSON arrays have no useful line numbers).
+Anything malformed stops the load with one InputError before any output is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from stmed.errors import InputError
+from stmed.records import Record, read_records
+
+YES_NO = ("yes", "no")
+
+
+@dataclass
+class Context:
+    path: Path
+    split: str = "test"
+    lang: str = "en"
+    image_root: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def read_json_list(path: Path) -> list:
+    try:
+        data = json.loads(path.read_bytes())
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}:{e.lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not valid UTF-8 (byte {e.start})") from None
+    if not isinstance(data, list):
+        raise InputError(f"{path}: expected a JSON array of questions, got {type(data).__name__}")
+    return data
+
+
+def answer_type_of(value, where: str) -> str:
+    """CLOSED or OPEN from the data's own label ("CLOSED ", "yes/no", "other", ...)."""
+    t = str(value).strip().upper()
+    if t in ("CLOSED", "YES/NO", "CLOSE", "CLOSE-ENDED"):
+        return "CLOSED"
+    if t in ("OPEN", "OTHER", "NUMBER", "OPEN-ENDED"):
+        return "OPEN"
+    raise InputError(f"{where}: answer_type {value!r} is neither OPEN nor CLOSED")
+
+
+def derived_type(answer: str) -> str:
+    return "CLOSED" if answer.strip().lower() in YES_NO else "OPEN"
+
+
+def make_item(where: str, base: Path, *, id, image, question, answer, answer_type=None, **extra) -> Record:
+    """One item; a missing answer_type is derived from a yes/no answer and flagged."""
+    for name, value in (("question", question), ("answer", answer)):
+        if value is None or (isinstance(value, str) and not value.strip()):
+            raise InputError(f"{where}: missing {name!r}")
+    answer = str(answer).strip()
+    item = {"id": str(id), "image": str(image), "question": str(question).strip(), "answer": answer}
+    if answer_type is None or str(answer_type).strip() == "":
+        item["answer_type"], item["answer_type_derived"] = derived_type(answer), True
+    else:
+        item["answer_type"] = answer_type_of(answer_type, where)
+    item.update({k: v for k, v in extra.items() if v not in (None, "")})
+    return Record.at(item, where, base)
+
+
+class ImageFinder:
+    """Finds ``name`` in the first folder that holds it; remembers the folder that worked."""
+
+    def __init__(self, folders: list[Path], suffixes: tuple[str, ...] = ("",)):
+        self.folders = [f for f in dict.fromkeys(folders) if f is not None]
+        self.suffixes = suffixes
+
+    def __call__(self, name: str) -> str:
+        p = Path(name).expanduser()
+        if p.is_absolute():
+            return str(p)
+        for folder in self.folders:
+            for suffix in self.suffixes:
+                cand = folder / (name + suffix)
+                if cand.is_file():
+                    if folder is not self.folders[0]:
+                        self.folders.remove(folder)
+                        self.folders.insert(0, folder)  # the next image is almost surely here too
+                    return str(cand)
+        return str(self.folders[0] / (name + self.suffixes[0]))  # missing: the error names this path
+
+
+def _folders(ctx: Context, *subdirs: str) -> list[Path]:
+    base = ctx.path.resolve().parent
+    roots = [ctx.image_root] if ctx.image_root else []
+    return roots + [base / s for s in subdirs] + [base]
+
+
+def _rows(ctx: Context) -> list[tuple[str, dict]]:
+    rows = read_json_list(ctx.path)
+    out = []
+    for i, row in enumerate(rows):
+        where = f"{ctx.path}: item {i}"
+        if not isinstance(row, dict):
+            raise InputError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        out.append((where, row))
+    return out
+
+
+def _field(row: dict, key: str, where: str):
+    if key not in row:
+        raise InputError(f"{where}: missing field {key!r}")
+    return row[key]
+
+
+def _question_type(value) -> str | None:
+    return None if value in (None, "", "NULL") else str(value).strip().upper()
+
+
+def _rad_items(ctx: Context, rows) -> list[Record]:
+    find = ImageFinder(_folders(ctx, "images", "VQA_RAD Image Folder"))
+    base = ctx.path.resolve().parent
+    return [
+        make_item(where, base, id=_field(r, "qid", where), image=find(str(_field(r, "image_name", where))),
+                  question=r.get("question"), answer=r.get("answer"), answer_type=_field(r, "answer_type", where),
+                  question_type=_question_type(r.get("question_type")), organ=r.get("image_organ"),
+                  phrase_type=r.get("phrase_type"))
+        for where, r in rows
+    ]
+
+
+def load_vqa_rad(ctx: Context) -> list[Record]:
+    """The original release: train and test together; test is phrase_type test_freeform/test_para."""
+    rows = _rows(ctx)
+    if ctx.split == "test":
+        rows = [(w, r) for w, r in rows if str(r.get("phrase_type", "")).startswith("test_")]
+    elif ctx.split == "train":
+        rows = [(w, r) for w, r in rows if not str(r.get("phrase_type", "")).startswith("test_")]
+    elif ctx.split != "all":
+        raise InputError(f"--split {ctx.split!r}: the VQA-RAD release has test, train (or all)")
+    return _rad_items(ctx, rows)
+
+
+def load_mevf(ctx: Context) -> list[Record]:
+    """MEVF-style split files (testset.json): the file is the split, images in ./images."""
+    return _rad_items(ctx, _rows(ctx))
+
+
+def load_slake(ctx: Context) -> list[Record]:
+    find = ImageFinder(_folders(ctx, "imgs"))
+    base = ctx.path.resolve().parent
+    items = []
+    for where, r in _rows(ctx):
+        if ctx.lang != "all" and r.get("q_lang") != ctx.lang:
+            continue
+        items.append(make_item(
+            where, base, id=_field(r, "qid", where), image=find(str(_field(r, "img_name", where))),
+            question=r.get("question"), answer=r.get("answer"), answer_type=_field(r, "answer_type", where),
+            question_type=_question_type(r.get("content_type")), lang=r.get("q_lang"),
+            modality=r.get("modality"), location=r.get("location")))
+    return items
+
+
+_IMAGE_TAG = re.compile(r"^\s*<image>\s*|\s*<image>\s*$")
+
+
+def load_llava_med(ctx: Context) -> list[Record]:
+    """LLaVA-Med test.json: the question is the first human turn, the answer the first gpt turn."""
+    find = ImageFinder(_folders(ctx, "images"))
+    base = ctx.path.resolve().parent
+    items = []
+    for where, r in _rows(ctx):
+        turns = r.get("conversations") or r.get("conversatons")  # the second spelling ships in some files
+        if not isinstance(turns, list) or len(turns) < 2:
+            raise InputError(f"{where}: 'conversations' must hold a question turn and an answer turn")
+        question = _IMAGE_TAG.sub("", str(turns[0].get("value", "")))
+        items.append(make_item(where, base, id=_field(r, "id", where), image=find(str(_field(r, "image", where))),
+                               question=question, answer=turns[1].get("value"), answer_type=r.get("answer_type"),
+                               question_type=_question_type(r.get("question_type"))))
+    return items
+
+
+def load_jsonl(ctx: Context) -> list[Record]:
+    """Plain stmed items (JSONL, or a JSON array of the same objects)."""
+    if ctx.path.suffix.lower() == ".json" and ctx.path.read_bytes().lstrip().startswith(b"["):
+        rows = _rows(ctx)
+    else:
+        rows = [(r.where, r) for r in read_records(ctx.path)]
+    find = ImageFinder(_folders(ctx))
+    base = ctx.path.resolve().parent
+    items = []
+    for i, (where, r) in enumerate(rows):
+        extra = {k: v for k, v in r.items() if k not in ("id", "image", "question", "answer", "answer_type")}
+        if "question_type" in extra:
+            extra["question_type"] = _question_type(extra["question_type"])
+        items.append(make_item(where, base, id=r.get("id", f"{r.get('image')}:{i + 1}"),
+                               image=find(str(_field(r, "image", where))), question=r.get("question"),
+                               answer=r.get("answer"), answer_type=r.get("answer_type"), **extra))
+    return items
+
+
+# ---------------------------------------------------------------- PathVQA
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """Pickles can run code; benchmark files only need lists, dicts, strings and numbers."""
+
+    def find_class(self, module, name):
+        raise InputError(f"refusing to load {module}.{name} from a pickle: only plain lists and dicts are allowed")
+
+
+def read_pickle(path: Path):
+    try:
+        with open(path, "rb") as f:
+            return _PlainUnpickler(f).load()
+    except InputError as e:
+        raise InputError(f"{path}: {e}") from None
+    except (pickle.UnpicklingError, EOFError, ValueError) as e:
+        raise InputError(f"{path}: not a readable pickle ({e})") from None
+
+
+def _split_of(ctx: Context, image_id: str) -> str:
+    m = re.match(r"(train|val|test)_", image_id)
+    return m.group(1) if m else ctx.split
+
+
+def _pathvqa_finder(ctx: Context, split: str) -> ImageFinder:
+    base = ctx.path.resolve().parent
+    folders = [ctx.image_root] if ctx.image_root else []
+    for up in (base, base.parent, base.parent.parent, base.parent.parent.parent):
+        folders += [up / "images" / split, up / "images", up]
+    return ImageFinder(folders, suffixes=(".jpg", ".png", ""))
+
+
+def _label_answer(label, where: str) -> str:
+    """The top-scored answer of an LXMERT label dict {answer: score}."""
+    if isinstance(label, dict) and label:
+        return str(max(label.items(), key=lambda kv: kv[1])[0])
+    if isinstance(label, str):
+        return label
+    raise InputError(f"{where}: label has no answer")
+
+
+def load_pathvqa_pickle(ctx: Context) -> list[Record]:
+    """Official qas pickles ({image, question, answer}) or LXMERT task pickles ({img_id, sent, label})."""
+    rows = read_pickle(ctx.path)
+    if not isinstance(rows, list):
+        raise InputError(f"{ctx.path}: expected a pickled list of questions, got {type(rows).__name__}")
+    return _pathvqa_rows(ctx, rows)
+
+
+def load_pathvqa_lxmert(ctx: Context) -> list[Record]:
+    """LXMERT json: per-question rows {img_id, sent, label} or per-image rows {img_id, sentf, labelf}."""
+    rows = []
+    for where, r in _rows(ctx):
+        if "sentf" not in r:
+            rows.append(r)
+            continue
+        labels = r.get("labelf") or {}
+        for source, sents in r["sentf"].items():
+            for k, sent in enumerate(sents):
+                label = labels.get(source, [None] * len(sents))[k] if source in labels else None
+                rows.append({"img_id": r["img_id"], "sent": sent, "label": label,
+                             "question_id": f"{r['img_id']}:{source}:{k}"})
+    return _pathvqa_rows(ctx, rows)
+
+
+def _pathvqa_rows(ctx: Context, rows: list) -> list[Record]:
+    base = ctx.path.resolve().parent
+    finders: dict[str, ImageFinder] = {}
+    items = []
+    for i, r in enumerate(rows):
+        where = f"{ctx.path}: item {i}"
+        if not isinstance(r, dict):
+            raise InputError(f"{where}: expected a dict, got {type(r).__name__}")
+        image_id = str(r.get("image", r.get("img_id", "")))
+        if not image_id:
+            raise InputError(f"{where}: missing field 'image'")
+        split = _split_of(ctx, image_id)
+        find = finders.setdefault(split, _pathvqa_finder(ctx, split))
+        answer = r["answer"] if "answer" in r else _label_answer(r.get("label"), where)
+        items.append(make_item(
+            where, base, id=r.get("question_id", r.get("qid", f"{image_id}:{i}")), image=find(image_id),
+            question=r.get("question", r.get("sent")), answer=answer, answer_type=r.get("answer_type"),
+            question_type=_question_type(r.get("question_type"))))
+    return items
+
+
+# ---------------------------------------------------------------- Hugging Face parquet
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("STMED_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "stmed"
+    return Path(root)
+
+
+def _parquet_files(path: Path, split: str) -> list[Path]:
+    """A Hugging Face split may be sharded: test-00000-of-00002.parquet and its siblings."""
+    m = re.match(r"(.+)-\d{5}-of-(\d{5})\.parquet$", path.name)
+    if not m:
+        return [path]
+    return sorted(path.parent.glob(f"{m.group(1)}-*-of-{m.group(2)}.parquet"))
+
+
+def load_parquet(ctx: Context) -> list[Record]:
+    """Hugging Face exports: images are bytes inside; they are written once to a cache folder."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise InputError("reading parquet needs pyarrow: pip install pyarrow") from None
+    base = ctx.path.resolve().parent
+    out_dir = ctx.image_root or cache_dir() / "parquet-images"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    items: list[Record] = []
+    for file in _parquet_files(ctx.path, ctx.split):
+        try:
+            rows = pq.read_table(file).to_pylist()
+        except Exception as e:  # pyarrow raises several types for a bad file
+            raise InputError(f"{file}: not a readable parquet file ({type(e).__name__}: {e})") from None
+        for i, r in enumerate(rows):
+            where = f"{file}: row {i}"
+            if ctx.lang != "all" and r.get("q_lang") not in (None, ctx.lang):
+                continue
+            image = _field(r, "image", where)
+            items.append(make_item(
+                where, base, id=r.get("id", r.get("qid", r.get("question_id", f"{file.stem}:{i}"))),
+                image=_write_image(image, out_dir, where), question=r.get("question"), answer=r.get("answer"),
+                answer_type=r.get("answer_type"),
+                question_type=_question_type(r.get("question_type", r.get("content_type")))))
+    return items
+
+
+def _write_image(image, out_dir: Path, where: str) -> str:
+    """Content-addressed, so repeated images are stored once and a rerun writes nothing."""
+    if isinstance(image, dict) and image.get("bytes"):
+        data, name = image["bytes"], image.get("path") or ""
+    elif isinstance(image, (bytes, bytearray)):
+        data, name = bytes(image), ""
+    elif isinstance(image, dict) and image.get("path"):
+        return str(image["path"])  # an export that points at files instead of holding them
+    else:
+        raise InputError(f"{where}: 'image' holds neither bytes nor a path")
+    suffix = Path(name).suffix.lower() or (".png" if data[:4] == b"\x89PNG" else ".jpg")
+    target = out_dir / (hashlib.sha1(data).hexdigest()[:20] + suffix)
+    if not target.exists():
+        tmp = target.with_name(target.name + f".{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, target)
+    return str(target)

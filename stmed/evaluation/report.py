@@ -1,0 +1,148 @@
+"""Summaries to people: the table after one run, and several runs side by side (``stmed report``).
+
+Runs are columns and headline metrics are rows, as in the papers' tables; each cell holds the
+value (x100) and its bootstrap 95% CI. Plotting needs matplotlib, which is optional.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from stmed.errors import InputError
+from stmed.evaluation.metrics import METRICS
+
+HEADLINE = [m.name for m in METRICS.values() if m.headline]
+LABELS = {
+    "open_recall": "open (recall)",
+    "closed_accuracy": "closed (accuracy)",
+    "open_f1": "open F1",
+    "closed_strict": "closed strict",
+}
+
+
+def load_summary(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{p}: no such summary file")
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"{p}: not a JSON summary ({e})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("metrics"), dict):
+        raise InputError(f"{p}: not an stmed eval summary (no 'metrics'); pass the file from --summary")
+    data.setdefault("name", p.stem)
+    return data
+
+
+def cell(entry: dict | None, *, ci: bool = True) -> str:
+    if not entry or entry.get("value") is None:
+        return "-"
+    text = f"{entry['value']:.2f}"
+    if ci and entry.get("ci95"):
+        lo, hi = entry["ci95"]
+        text += f" [{lo:.1f}, {hi:.1f}]"
+    return text
+
+
+def _bench(summary: dict) -> str:
+    b = summary.get("benchmark", {})
+    name = b.get("bench", "?")
+    return f"{name} ({b['lang']})" if b.get("lang") not in (None, "en") else name
+
+
+def rows(summaries: list[dict], metrics: list[str] = HEADLINE) -> list[tuple[str, str, list[str]]]:
+    """(benchmark, metric label, one cell per run) for every benchmark the runs cover."""
+    out = []
+    for bench in dict.fromkeys(_bench(s) for s in summaries):
+        for m in metrics:
+            cells = [cell(s["metrics"].get(m)) if _bench(s) == bench else "" for s in summaries]
+            out.append((bench, LABELS.get(m, m), cells))
+    return out
+
+
+def run_table(summary: dict):
+    """The rich table printed on stderr after one ``stmed eval``."""
+    from rich.table import Table
+
+    c = summary.get("counts", {})
+    title = (f"{summary.get('name')} on {_bench(summary)}: {c.get('total', 0)} items "
+             f"({c.get('closed', 0)} closed + {c.get('open', 0)} open)")
+    table = Table(title=title, title_justify="left")
+    table.caption = "x100; each metric's rule is in the summary JSON"
+    for col, justify in (("metric", "left"), ("value", "right"), ("95% CI", "right"), ("n", "right")):
+        table.add_column(col, justify=justify)
+    for name, entry in summary["metrics"].items():
+        if entry.get("value") is None:
+            continue
+        lo_hi = entry.get("ci95")
+        table.add_row(name, f"{entry['value']:.2f}", f"{lo_hi[0]:.2f}-{lo_hi[1]:.2f}" if lo_hi else "-",
+                      str(entry.get("n", "")), style="bold" if name in HEADLINE else None)
+    return table
+
+
+def compare_table(summaries: list[dict]):
+    from rich.table import Table
+
+    table = Table(title="stmed report (x100, bootstrap 95% CI)", title_justify="left")
+    table.add_column("benchmark")
+    table.add_column("metric")
+    for s in summaries:
+        table.add_column(str(s["name"]), justify="right")
+    for bench, label, cells in rows(summaries):
+        table.add_row(bench, label, *cells)
+    return table
+
+
+def markdown(summaries: list[dict]) -> str:
+    head = ["benchmark", "metric", *[str(s["name"]) for s in summaries]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for bench, label, cells in rows(summaries):
+        lines.append("| " + " | ".join([bench, label, *cells]) + " |")
+    lines.append("")
+    lines.append("Values x100 with bootstrap 95% CIs. Open = mean token recall and closed = yes/no "
+                 "substring accuracy, both with LLaVA-Med v1.0 normalisation; open F1 and strict closed "
+                 "accuracy penalise long, hedging answers.")
+    for s in summaries:
+        b = s.get("benchmark", {})
+        run = s.get("run", {})
+        lines.append(f"- **{s['name']}**: {b.get('bench')} {b.get('split')} ({b.get('format')}, sha256 "
+                     f"{str(b.get('sha256', ''))[:12]}), model {run.get('model', '-')}, prompt "
+                     f"{run.get('prompt', {}).get('name', '-')}, stmed {s.get('stmed_version', '?')}"
+                     + ("" if s.get("complete", True) else " (incomplete run)"))
+    return "\n".join(lines) + "\n"
+
+
+def plot(summaries: list[dict], path: str | Path) -> None:
+    """Grouped bars: one group per (benchmark, headline metric), one bar per run, CIs as error bars."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # files only: no display needed
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise InputError("--plot needs matplotlib, which is not installed: pip install 'stmed[plot]'") from None
+    groups = [(bench, m) for bench in dict.fromkeys(_bench(s) for s in summaries) for m in HEADLINE]
+    width = 0.8 / max(1, len(summaries))
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(groups)), 4))
+    for k, s in enumerate(summaries):
+        xs, ys, errs = [], [], [[], []]
+        for g, (bench, m) in enumerate(groups):
+            entry = s["metrics"].get(m) if _bench(s) == bench else None
+            if not entry or entry.get("value") is None:
+                continue
+            v = entry["value"]
+            lo, hi = entry.get("ci95") or (v, v)
+            xs.append(g + k * width)
+            ys.append(v)
+            errs[0].append(max(0.0, v - lo))
+            errs[1].append(max(0.0, hi - v))
+        ax.bar(xs, ys, width, yerr=errs, capsize=2, label=str(s["name"]))
+    ax.set_xticks([g + width * (len(summaries) - 1) / 2 for g in range(len(groups))])
+    ax.set_xticklabels([f"{b}\n{LABELS.get(m, m)}" for b, m in groups], fontsize=8)
+    ax.set_ylabel("score x100")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,188 @@
+"""eval: predictions for benchmark items (from a model, or read from a file), scored per item.
+
+``run`` generates through any backend (the in-process HF model or an OpenAI-compatible
+server); ``score_predictions`` scores an existing answer file without importing torch.
+Either way each item comes out with ``prediction`` and ``scores``; ``summarize`` re-scores
+the predictions it is given, so a resumed run's older lines are scored by today's rules.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from stmed import __version__
+from stmed.errors import InputError, RecordError
+from stmed.evaluation.metrics import aggregate, score_item, suggest
+from stmed.records import ErrorSink, Record, read_records
+
+PROMPT_VERSIONS = {"free": "1", "short": "1"}
+
+
+@dataclass
+class EvalConfig:
+    prompt: str = "free"  # the papers send the question as is; "short" asks for a word or phrase
+    max_new_tokens: int = 1024  # LLaVA-Med's model_vqa_med generates up to 1024 tokens, greedily
+    chunk_size: int = 64  # items per unit of work handed to the backend
+    image_root: Path | None = None
+    pad_square: bool = False  # LLaVA-Med trained on padded images but evaluated unpadded
+    bootstrap: int = 1000  # resamples for the 95% CIs; 0 turns them off
+    seed: int = 0  # bootstrap seed
+
+    def __post_init__(self):
+        if self.prompt not in PROMPT_VERSIONS:
+            raise InputError(f"--prompt {self.prompt!r}: choose free or short{suggest(self.prompt, PROMPT_VERSIONS)}")
+        if self.max_new_tokens < 1:
+            raise InputError("--max-new-tokens must be at least 1")
+
+    def text(self, question: str) -> str:
+        if self.prompt == "short":
+            from stmed.prompts import SHORT_SUFFIX
+
+            return f"{question}\n{SHORT_SUFFIX.text}"
+        return question
+
+    def prompt_record(self) -> dict:
+        return {"name": self.prompt, "version": PROMPT_VERSIONS[self.prompt]}
+
+    def sampling(self):
+        from stmed.core.generate import SamplingParams
+
+        return SamplingParams(self.max_new_tokens, temperature=0.0)  # zero-shot evaluation is greedy
+
+
+def scored(item: Record, prediction: str, **extra) -> Record:
+    return item.derive(prediction=prediction, scores=score_item(prediction, item["answer"], item["answer_type"]), **extra)
+
+
+def run(cfg: EvalConfig, backend, items: list[Record], errors: ErrorSink, done: set[str] = frozenset(),
+        tracker=None) -> Iterator[Record]:
+    """Each item not yet ``done`` with its greedy prediction and scores, in input order."""
+    from stmed.core.generate import GenRequest
+    from stmed.stages.common import chunks, record_image
+
+    meta = {**backend.describe(), **cfg.sampling().record(), "prompt": cfg.prompt_record(), "stmed": __version__}
+    for chunk in chunks((it for it in items if it["id"] not in done), cfg.chunk_size):
+        ready: list[tuple[Record, object]] = []
+        for item in chunk:
+            try:
+                image = record_image(item, cfg.image_root, cfg.pad_square)
+            except RecordError as e:
+                errors.add(item, str(e))
+                if tracker:
+                    tracker.advance(kind="failed")
+                continue
+            messages = [{"role": "user", "content": cfg.text(item["question"])}]
+            ready.append((item, GenRequest(messages, image, seeds=[None])))
+        outputs = {}
+        for j, out in backend.generate([req for _, req in ready], cfg.sampling()):
+            outputs[j] = out
+        for j, (item, _) in enumerate(ready):
+            out = outputs.get(j)
+            if isinstance(out, Exception) or out is None:  # a remote backend reports failures per request
+                errors.add(item, f"{item.where}: generation failed ({out})")
+                if tracker:
+                    tracker.advance(kind="failed")
+                continue
+            if tracker:
+                tracker.advance(tokens=out.total_tokens)
+            yield scored(item, out.texts[0], gen=meta)
+
+
+# ---------------------------------------------------------------- scoring an answer file
+
+
+def _prediction_text(rec: Record):
+    for key in ("prediction", "text"):
+        if key in rec:
+            return rec[key]
+    answers = rec.get("answers")
+    if isinstance(answers, list) and answers and isinstance(answers[0], dict):
+        return answers[0].get("text")  # an `stmed answer` file: its first answer
+    raise InputError(f"{rec.where}: no prediction: expected 'prediction' (stmed) or 'text' (LLaVA-Med)")
+
+
+def _id_list(ids: Iterable[str], limit: int = 10) -> str:
+    ids = list(ids)
+    shown = ", ".join(repr(i) for i in ids[:limit])
+    return shown + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
+
+
+def read_predictions(path: str | Path, items: list[Record], all_ids: set[str] | None = None) -> dict[str, str]:
+    """id -> prediction text from stmed items or LLaVA-Med answers, matched by id.
+
+    A file that repeats an id, names an id the benchmark lacks, or misses one of ``items``
+    is an InputError that lists the ids, so a shuffled or truncated file cannot be scored.
+    """
+    records = read_records(path, assign_ids=False, unique_ids=False)
+    preds: dict[str, str] = {}
+    counts: Counter[str] = Counter()
+    for rec in records:
+        key = rec.get("id", rec.get("question_id"))
+        if key is None:
+            raise InputError(f"{rec.where}: no 'id' or 'question_id' to match the prediction to a question")
+        text = _prediction_text(rec)
+        if text is None:
+            text = ""
+        if not isinstance(text, str):
+            raise InputError(f"{rec.where}: the prediction must be a string, got {type(text).__name__}")
+        key = str(key)
+        counts[key] += 1
+        preds[key] = text
+    name = "<stdin>" if str(path) == "-" else str(path)
+    repeated = [k for k, n in counts.items() if n > 1]
+    if repeated:
+        raise InputError(f"{name}: {len(repeated)} question id(s) appear more than once: {_id_list(repeated)}")
+    known = all_ids if all_ids is not None else {it["id"] for it in items}
+    unknown = [k for k in preds if k not in known]
+    if unknown:
+        raise InputError(f"{name}: {len(unknown)} prediction id(s) are not in the benchmark: {_id_list(unknown)}")
+    missing = [it["id"] for it in items if it["id"] not in preds]
+    if missing:
+        raise InputError(f"{name}: {len(missing)} benchmark item(s) have no prediction: {_id_list(missing)}")
+    return preds
+
+
+def score_predictions(items: list[Record], preds: dict[str, str], tracker=None) -> Iterator[Record]:
+    for item in items:
+        if tracker:
+            tracker.advance()
+        yield scored(item, preds[item["id"]])
+
+
+# ---------------------------------------------------------------- summary
+
+
+def summarize(items: list[dict], data, *, name: str, run_info: dict, cfg: EvalConfig, selected: int,
+              failed: int = 0) -> dict:
+    """The summary JSON: metrics with CIs and rules, counts, what data and what model made it.
+
+    ``selected`` is how many items this run was asked for (all of the split, or --limit N).
+    """
+    rescored = [{**it, "scores": score_item(it.get("prediction") or "", it["answer"], it["answer_type"])} for it in items]
+    result = aggregate(rescored, resamples=cfg.bootstrap, seed=cfg.seed)
+    return {
+        "name": name,
+        "stmed_version": __version__,
+        "benchmark": data.describe(),
+        "run": {**run_info, "prompt": cfg.prompt_record()},
+        "complete": len(items) == selected and selected == data.counts()["total"] and not failed,
+        "selected": selected,
+        "failed": failed,
+        **result,
+    }
+
+
+def read_output(path: Path, ids: set[str]) -> list[dict]:
+    """The scored items of a (possibly resumed) output file that belong to this run's items."""
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                rec = json.loads(line)
+                if str(rec.get("id")) in ids and "prediction" in rec:
+                    out.append(rec)
+    return out
