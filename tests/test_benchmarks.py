@@ -1,0 +1,198 @@
+"""Loaders on the real VQA-RAD and SLAKE files, and on fixtures in other formats written from them."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+
+from stmed.errors import InputError
+from stmed.evaluation.benchmarks import detect_format, get_benchmark, load_benchmark, missing_images
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+RAD = DATA / "vqa_rad" / "VQA_RAD Dataset Public.json"
+SLAKE = DATA / "slake" / "test.json"
+needs_data = pytest.mark.skipif(not RAD.exists() or not SLAKE.exists(), reason=f"real benchmark data not found under {DATA}")
+
+
+def _core(items):
+    """What two formats of the same questions must agree on (ids, text, answers, image bytes)."""
+    return [(it["id"], it["question"], it["answer"], Path(it["image"]).read_bytes()) for it in items]
+
+
+@pytest.fixture(scope="module")
+def rad_test():
+    if not RAD.exists():
+        pytest.skip(f"VQA-RAD not found at {RAD}")
+    return load_benchmark("vqa-rad", RAD)
+
+
+@pytest.fixture(scope="module")
+def rad_rows():
+    if not RAD.exists():
+        pytest.skip(f"VQA-RAD not found at {RAD}")
+    rows = json.loads(RAD.read_text())
+    return [r for r in rows if r["phrase_type"] in ("test_freeform", "test_para")]
+
+
+@needs_data
+def test_vqa_rad_test_split_counts_and_images(rad_test):
+    assert rad_test.format == "vqa-rad"
+    assert rad_test.counts() == {"total": 451, "closed": 272, "open": 179}
+    assert len({it["image"] for it in rad_test.items}) == 203
+    assert missing_images(rad_test.items) == [], "every test image must resolve"
+    assert rad_test.notes == [], "the standard split raises no count warning"
+    first = rad_test.items[0]
+    assert first.keys() >= {"id", "image", "question", "answer", "answer_type", "question_type"}
+
+
+@needs_data
+def test_vqa_rad_folder_train_and_all(rad_test):
+    assert _core(load_benchmark("vqa-rad", RAD.parent).items[:5]) == _core(rad_test.items[:5])
+    train = load_benchmark("vqa-rad", RAD, split="train")
+    every = load_benchmark("vqa-rad", RAD, split="all")
+    assert len(train.items) == 2248 - 451 and len(every.items) == 2248
+    assert {it["answer_type"] for it in every.items} == {"OPEN", "CLOSED"}, "'CLOSED ' is stripped"
+    assert all(it["question_type"] == it["question_type"].strip().upper() for it in every.items if "question_type" in it)
+    assert train.notes == [], "no standard counts are claimed for train"
+    with pytest.raises(InputError, match="--split 'val'"):
+        load_benchmark("vqa-rad", RAD, split="val")
+
+
+@needs_data
+def test_slake_english_and_other_languages():
+    en = load_benchmark("slake", SLAKE)
+    assert en.counts() == {"total": 1061, "closed": 416, "open": 645}
+    assert len({it["image"] for it in en.items}) == 96
+    assert missing_images(en.items) == []
+    assert {it["lang"] for it in en.items} == {"en"}
+    assert len(load_benchmark("slake", SLAKE.parent, lang="zh").items) == 1033
+    every = load_benchmark("slake", SLAKE, lang="all")
+    assert len(every.items) == 2094 and missing_images(every.items) == []
+    with pytest.raises(InputError, match="--lang"):
+        load_benchmark("slake", SLAKE, lang="fr")
+
+
+def _link_images(rad_rows, folder: Path, suffix: str = ".jpg") -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in {r["image_name"] for r in rad_rows}:
+        target = folder / (Path(name).stem + suffix)
+        if not target.exists():
+            os.symlink(RAD.parent / "images" / name, target)
+
+
+def test_mevf_testset(tmp_path, rad_rows, rad_test):
+    keep = ("qid", "image_name", "image_organ", "answer", "answer_type", "question_type", "question", "phrase_type")
+    (tmp_path / "testset.json").write_text(json.dumps([{k: r[k] for k in keep} for r in rad_rows]))
+    _link_images(rad_rows, tmp_path / "images")
+    got = load_benchmark("vqa-rad", tmp_path)
+    assert got.format == "mevf"
+    assert _core(got.items) == _core(rad_test.items)
+    assert [it["answer_type"] for it in got.items] == [it["answer_type"] for it in rad_test.items]
+
+
+def test_llava_med_test_json(tmp_path, rad_rows, rad_test):
+    rows = [{"id": r["qid"], "image": r["image_name"], "answer_type": r["answer_type"],
+             "conversations": [{"from": "human", "value": "<image>\n" + r["question"]},
+                               {"from": "gpt", "value": str(r["answer"])}]} for r in rad_rows]
+    (tmp_path / "test.json").write_text(json.dumps(rows))
+    got = load_benchmark("vqa-rad", tmp_path / "test.json", image_root=RAD.parent / "images")
+    assert got.format == "llava-med"
+    assert _core(got.items) == _core(rad_test.items)
+    assert [it["answer_type"] for it in got.items] == [it["answer_type"] for it in rad_test.items]
+
+
+def _write_parquet(path: Path, rad_rows, with_type: bool) -> None:
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    columns = {
+        "image": [{"bytes": (RAD.parent / "images" / r["image_name"]).read_bytes(), "path": r["image_name"]} for r in rad_rows],
+        "question": [r["question"] for r in rad_rows],
+        "answer": [str(r["answer"]) for r in rad_rows],
+        "qid": [str(r["qid"]) for r in rad_rows],
+    }
+    if with_type:
+        columns["answer_type"] = [r["answer_type"] for r in rad_rows]
+    pq.write_table(pa.table(columns), path)
+
+
+def test_parquet_export_with_image_bytes(tmp_path, monkeypatch, rad_rows, rad_test):
+    monkeypatch.setenv("STMED_CACHE_DIR", str(tmp_path / "cache"))
+    _write_parquet(tmp_path / "test-00000-of-00001.parquet", rad_rows, with_type=False)
+    got = load_benchmark("vqa-rad", tmp_path)  # a folder holding a Hugging Face split file
+    assert got.format == "parquet"
+    assert _core(got.items) == _core(rad_test.items), "same questions, answers and image bytes as the JSON"
+    assert all(it["answer_type_derived"] for it in got.items)
+    for mine, ref in zip(got.items, rad_test.items):
+        if ref["answer"].lower() in ("yes", "no"):
+            assert mine["answer_type"] == "CLOSED" == ref["answer_type"], "a yes/no answer is closed in both"
+    assert any("derived" in n for n in got.notes)
+    assert len({it["image"] for it in got.items}) == 203, "images are stored once per content"
+    assert all(str(tmp_path / "cache") in it["image"] for it in got.items)
+
+    _write_parquet(tmp_path / "typed.parquet", rad_rows, with_type=True)
+    typed = load_benchmark("vqa-rad", tmp_path / "typed.parquet")
+    assert [it["answer_type"] for it in typed.items] == [it["answer_type"] for it in rad_test.items]
+    assert not any(it.get("answer_type_derived") for it in typed.items)
+
+
+def test_pathvqa_official_pickle(tmp_path, rad_rows, rad_test):
+    # The official layout: pvqa/qas/test/test_qa.pkl with images in pvqa/images/test/<image>.jpg
+    root = tmp_path / "pvqa"
+    _link_images(rad_rows, root / "images" / "test")
+    (root / "qas" / "test").mkdir(parents=True)
+    rows = [{"image": Path(r["image_name"]).stem, "question": r["question"], "answer": str(r["answer"])} for r in rad_rows]
+    with open(root / "qas" / "test" / "test_qa.pkl", "wb") as f:
+        pickle.dump(rows, f)
+    got = load_benchmark("pathvqa", root)
+    assert got.format == "pathvqa-pkl"
+    assert missing_images(got.items) == []
+    assert [c[1:] for c in _core(got.items)] == [c[1:] for c in _core(rad_test.items)]
+    assert any("expected 6761" in n for n in got.notes), "a non-standard PathVQA split is flagged"
+
+
+def test_pathvqa_lxmert_json(tmp_path, rad_rows, rad_test):
+    _link_images(rad_rows, tmp_path / "images" / "test")
+    per_image: dict[str, dict] = {}
+    for r in rad_rows:
+        entry = per_image.setdefault(r["image_name"], {"img_id": Path(r["image_name"]).stem, "sentf": {"pvqa": []},
+                                                       "labelf": {"pvqa": []}})
+        entry["sentf"]["pvqa"].append(r["question"])
+        entry["labelf"]["pvqa"].append({str(r["answer"]): 1.0})
+    (tmp_path / "test.json").write_text(json.dumps(list(per_image.values())))
+    got = load_benchmark("pathvqa", tmp_path / "test.json")
+    assert got.format == "pathvqa-lxmert"
+    want = sorted((c[1], c[2], c[3]) for c in _core(rad_test.items))
+    assert sorted((c[1], c[2], c[3]) for c in _core(got.items)) == want
+
+
+def test_pickle_with_code_is_refused(tmp_path):
+    with open(tmp_path / "evil.pkl", "wb") as f:
+        pickle.dump([{"image": "x", "question": "q", "answer": Path("a")}], f)
+    with pytest.raises(InputError, match="refusing to load"):
+        load_benchmark("pathvqa", tmp_path / "evil.pkl")
+
+
+def test_stmed_jsonl_and_errors(tmp_path):
+    img = tmp_path / "a.jpg"
+    img.write_bytes(b"not really")
+    lines = [{"id": "q1", "image": "a.jpg", "question": "Is it?", "answer": "Yes"},
+             {"id": "q2", "image": "a.jpg", "question": "Where?", "answer": "left lung", "answer_type": "open"}]
+    (tmp_path / "items.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    got = load_benchmark("jsonl", tmp_path / "items.jsonl")
+    assert [it["answer_type"] for it in got.items] == ["CLOSED", "OPEN"]
+    assert got.items[0]["image"] == str(img) and got.items[0]["answer_type_derived"] is True
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"id": "q1", "image": "a.jpg", "answer": "x"}) + "\n")
+    with pytest.raises(InputError, match=r"bad.jsonl:1: missing 'question'"):
+        load_benchmark("jsonl", tmp_path / "bad.jsonl")
+    (tmp_path / "odd.json").write_text(json.dumps([{"foo": 1}]))
+    with pytest.raises(InputError, match="--format"):
+        detect_format(tmp_path / "odd.json")
+    with pytest.raises(InputError, match="did you mean 'vqa-rad'"):
+        get_benchmark("vqarad")
+    with pytest.raises(InputError, match="no such file"):
+        load_benchmark("slake", tmp_path / "nope.json")
