@@ -30,35 +30,24 @@ QUESTIONS = ["Describe the image in detail.", "Is there a fracture?", "What orga
              "Is the heart size normal?", "Are there signs of pleural effusion on either side?", "What plane is this?"]
 
 
-def load(gpu: bool, workdir: Path):
+def load(gpu: bool, workdir: Path, shape: str | None = None):
+    """CPU: the tiny model saved and loaded like a checkpoint. GPU: the 7B shape built in place."""
     import torch
-    from make_tiny_model import build, llava_7b_config, train_tokenizer
+    from make_tiny_model import build, build_in_memory
 
     from stmed.core.model import Loaded, ModelSpec, load_model
 
-    if not gpu:
+    shape = shape or ("llava-7b" if gpu else "tiny")
+    if not gpu and shape == "tiny":
         return load_model(ModelSpec(str(build(workdir / "tiny", seed=0)), device="cpu", dtype="float32"))
-    from transformers import CLIPImageProcessorPil, LlavaForConditionalGeneration, LlavaProcessor
-
-    from make_tiny_model import CHAT_TEMPLATE
-
-    tok = train_tokenizer()
-    tok.padding_side = "left"
-    proc = LlavaProcessor(image_processor=CLIPImageProcessorPil(size={"shortest_edge": 336},
-                                                                crop_size={"height": 336, "width": 336}),
-                          tokenizer=tok, patch_size=14, vision_feature_select_strategy="default",
-                          chat_template=CHAT_TEMPLATE, num_additional_image_tokens=1)
-    cfg = llava_7b_config(32064, tok.convert_tokens_to_ids("<image>"), tok.pad_token_id)
-    torch.set_default_dtype(torch.bfloat16)
-    with torch.device("cuda"):
-        model = LlavaForConditionalGeneration(cfg)
-    torch.set_default_dtype(torch.float32)
+    device = torch.device("cuda" if gpu else "cpu")
+    model, proc = build_in_memory(shape, device=str(device))
+    proc.tokenizer.padding_side = "left"
     model.eval()
-    model.generation_config.pad_token_id = tok.pad_token_id
-    model.generation_config.eos_token_id = tok.eos_token_id
     torch.set_grad_enabled(False)
-    spec = ModelSpec("random-llava-1.5-7b-shape", device="cuda", dtype="bfloat16")
-    return Loaded(model=model, processor=proc, spec=spec, device=torch.device("cuda"), dtype=torch.bfloat16)
+    dtype = next(model.parameters()).dtype
+    spec = ModelSpec(f"random-{shape}", device=str(device), dtype=str(dtype).replace("torch.", ""))
+    return Loaded(model=model, processor=proc, spec=spec, device=device, dtype=dtype)
 
 
 def requests(n: int, image_size: int):
@@ -117,6 +106,7 @@ def stmed_generate(loaded, reqs, batch: int, new_tokens: int, *, sampled: bool =
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gpu", action="store_true")
+    ap.add_argument("--shape", choices=["tiny", "llava-7b"], help="model shape (default: tiny on CPU, 7B on GPU)")
     ap.add_argument("--new-tokens", type=int)
     ap.add_argument("--batches", default=None, help="comma-separated batch sizes")
     ap.add_argument("--naive-requests", type=int, help="requests timed one at a time (the slow row)")
@@ -128,8 +118,8 @@ def main(argv=None) -> int:
     batches = [int(b) for b in (args.batches or ("16,64,128" if args.gpu else "16")).split(",")]
     naive_n = args.naive_requests or (8 if args.gpu else 16)
     with tempfile.TemporaryDirectory() as tmp:
-        loaded = load(args.gpu, Path(tmp))
-        image_size = 336 if args.gpu else 56
+        loaded = load(args.gpu, Path(tmp), args.shape)
+        image_size = 56 if (args.shape or ('llava-7b' if args.gpu else 'tiny')) == 'tiny' else 336
         device = torch.cuda.get_device_name(0) if args.gpu else f"CPU ({torch.get_num_threads()} threads)"
         rows = []
         repeats = 1 if args.gpu else 2  # GPU rows are long enough; CPU rows are short and noisy

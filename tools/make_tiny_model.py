@@ -117,15 +117,27 @@ def llava_7b_config(vocab_size: int, image_token_id: int, pad_id: int):
     )
 
 
-def build(outdir: str | Path, *, seed: int = 0, shape: str = "tiny", device: str = "cpu") -> Path:
-    import torch
-    from transformers import CLIPImageProcessorPil, LlavaForConditionalGeneration, LlavaProcessor
+def image_processor_class():
+    """The PIL image processor: it needs no torchvision (transformers 5.x names it *Pil)."""
+    try:
+        from transformers import CLIPImageProcessorPil
 
-    outdir = Path(outdir)
+        return CLIPImageProcessorPil
+    except ImportError:
+        from transformers import CLIPImageProcessor
+
+        return CLIPImageProcessor
+
+
+def build_in_memory(shape: str = "tiny", *, seed: int = 0, device: str = "cpu"):
+    """(model, processor) with random weights, built on ``device`` without touching disk."""
+    import torch
+    from transformers import LlavaForConditionalGeneration, LlavaProcessor
+
     tokenizer = train_tokenizer()
     image_token_id = tokenizer.convert_tokens_to_ids("<image>")
     size = 56 if shape == "tiny" else 336
-    image_processor = CLIPImageProcessorPil(
+    image_processor = image_processor_class()(
         size={"shortest_edge": size}, crop_size={"height": size, "width": size},
     )
     processor = LlavaProcessor(
@@ -138,11 +150,22 @@ def build(outdir: str | Path, *, seed: int = 0, shape: str = "tiny", device: str
         # 32064 as in llava-1.5-7b-hf; ids past the tokenizer's vocabulary decode to nothing.
         config, dtype = llava_7b_config(32064, image_token_id, tokenizer.pad_token_id), torch.bfloat16
     torch.manual_seed(seed)
-    with torch.device(device):
-        model = LlavaForConditionalGeneration(config).to(dtype)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # initialise in the final dtype: a 7B model never exists in fp32
+    try:
+        with torch.device(device):
+            model = LlavaForConditionalGeneration(config)
+    finally:
+        torch.set_default_dtype(previous)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.bos_token_id = tokenizer.bos_token_id
+    return model, processor
+
+
+def build(outdir: str | Path, *, seed: int = 0, shape: str = "tiny", device: str = "cpu") -> Path:
+    outdir = Path(outdir)
+    model, processor = build_in_memory(shape, seed=seed, device=device)
     outdir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(outdir)
     processor.save_pretrained(outdir)
