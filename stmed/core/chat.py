@@ -78,6 +78,11 @@ def render(processor, messages: list[dict], *, with_image: bool = True, continue
     return text[:cut]
 
 
+def render_turns(processor, messages: list[dict], *, with_image: bool = True) -> str:
+    """The whole conversation as the template writes it, with no turn opened after it (training)."""
+    return _apply(processor, messages, with_image, generation_prompt=False)
+
+
 def role_markers(processor) -> list[str]:
     """Strings that open a new turn in this template: generation stops there and is cut there."""
     a = render(processor, [{"role": "user", "content": "x"}], with_image=False, continue_as="assistant")

@@ -1,0 +1,121 @@
+"""`stmed dpo`: preference training on trl's DPOTrainer with a peft LoRA adapter.
+
+The reference model is the same model with the adapter disabled (no second copy). What
+stmed changes in trl's step is only how the log-probs are computed (stmed.train.pairs: the
+image prompt once per pair instead of once per answer, in the policy and the reference pass);
+the loss, every loss type, the metrics and the logging are trl's own code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+from stmed.records import ErrorSink
+from stmed.train.common import DPOConfig, load_for_training, lora_config, prepare_outdir, say, trainer_kwargs, write_meta
+from stmed.train.data import file_sha256, load_pairs
+
+
+class _Fixed:
+    """Stands in for the model inside trl's loss code: returns the outputs computed already."""
+
+    def __init__(self, outputs):
+        self.outputs = outputs
+
+    def __call__(self, *args, **kwargs):
+        return self.outputs
+
+
+def trainer_class():
+    import torch
+    from trl import DPOTrainer
+    from trl.trainer.utils import FusedCausalLMOutput
+
+    from stmed.train.pairs import pair_logps
+
+    class StmedDPOTrainer(DPOTrainer):
+        share_prefix = True
+
+        def _ref_context(self):
+            if self.ref_model is not None:
+                return contextlib.nullcontext()
+            unwrapped = self.accelerator.unwrap_model(self.model)
+            return unwrapped.disable_adapter()
+
+        def _compute_loss(self, model, inputs, return_outputs):
+            unwrapped = self.accelerator.unwrap_model(model)
+            # DDP must see one forward per backward: the prompt pass runs on the bare module.
+            policy = pair_logps(model, inputs, share_prefix=self.share_prefix,
+                                prompt_model=unwrapped if unwrapped is not model else None)
+            ref_model = self.ref_model if self.ref_model is not None else unwrapped
+            with torch.no_grad(), self._ref_context():
+                ref_chosen, ref_rejected = pair_logps(ref_model, inputs, share_prefix=self.share_prefix).sums()
+            zero = torch.zeros_like(policy.mask[:, :1])
+            fused = FusedCausalLMOutput(loss=None, log_probs=policy.log_probs, entropy=policy.entropy,
+                                        log_sum_sq_probs=policy.log_sum_sq_probs, mean_logits=policy.mean_logits,
+                                        is_top1=policy.is_top1, label_mask=policy.mask.bool())
+            b = inputs["prompt_input_ids"].shape[0]
+            ids = inputs["completion_ids"].view(b, 2, -1).transpose(0, 1).reshape(2 * b, -1)  # [chosen; rejected]
+            # trl's loss reads answers after a one-token shift; a leading zero column lines them up.
+            staged = {
+                "input_ids": torch.cat([torch.zeros_like(ids[:, :1]), ids], dim=1),
+                "completion_mask": torch.cat([zero, policy.mask], dim=1).long(),
+                "attention_mask": torch.cat([inputs["prompt_attention_mask"].repeat(2, 1), policy.mask.long()], 1),
+                "ref_chosen_logps": ref_chosen, "ref_rejected_logps": ref_rejected,
+            }
+            saved, self.precompute_ref_logps = self.precompute_ref_logps, True
+            try:
+                return super()._compute_loss(_Fixed(fused), staged, return_outputs=False)
+            finally:
+                self.precompute_ref_logps = saved
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            return self._compute_loss(model, inputs, return_outputs)
+
+    return StmedDPOTrainer
+
+
+def run(cfg: DPOConfig) -> dict:
+    """Train on the pairs in ``cfg.data``; returns the summary that the command prints."""
+    import warnings
+
+    from transformers import AutoProcessor, PrinterCallback
+    from trl import DPOConfig as TrlDPOConfig
+
+    warnings.filterwarnings("ignore", category=FutureWarning)  # transformers' renames, not the user's concern
+
+    from stmed.train.loop import callbacks, fit
+    from stmed.train.pairs import PairCollator
+
+    resume_from = prepare_outdir(cfg)
+    errors = ErrorSink(cfg.errors or str(Path(cfg.output_dir) / "errors.jsonl"))
+    try:
+        # The data is read with the processor alone, so a bad file fails before the model loads.
+        processor = AutoProcessor.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
+        dataset = load_pairs(cfg.data, processor, errors=errors, pad_square=cfg.pad_square, limit=cfg.limit,
+                             image_root=Path(cfg.image_root) if cfg.image_root else None)
+    finally:
+        errors.close()
+    say(cfg, f"{len(dataset)} pairs, {errors.count} rejected")
+    write_meta(cfg, "dpo", {"path": str(cfg.data), "sha256": file_sha256(cfg.data), "pairs": len(dataset),
+                            "rejected": errors.count})
+    model, processor = load_for_training(cfg, wrap=False)
+    checkpointing = bool(cfg.gradient_checkpointing) if cfg.gradient_checkpointing is not None else (
+        not cfg.share_prefix and _on_gpu())
+    args = TrlDPOConfig(**trainer_kwargs(cfg, checkpointing), beta=cfg.beta, loss_type=list(cfg.loss),
+                        loss_weights=cfg.loss_weights, max_length=cfg.max_length,
+                        # keep LoRA's dropout (the paper's 0.05); the base model has no active dropout
+                        disable_dropout=False)
+    trainer = trainer_class()(model=model, args=args, train_dataset=dataset, processing_class=processor,
+                              peft_config=None if cfg.full else lora_config(cfg),
+                              data_collator=PairCollator(processor, cfg.max_length), callbacks=callbacks(cfg))
+    trainer.remove_callback(PrinterCallback)  # it prints logs to stdout; ours go to train_log.jsonl
+    trainer.share_prefix = cfg.share_prefix and not trainer.is_fsdp_enabled  # FSDP needs one root forward
+    summary = fit(trainer, cfg, resume_from, processor)
+    return {"pairs": len(dataset), "rejected": errors.count, **summary}
+
+
+def _on_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
