@@ -107,7 +107,13 @@ def to_rgb(img, info: ImageInfo):
 def _minmax_u8(arr):
     import numpy as np
 
-    lo, hi = float(np.min(arr)), float(np.max(arr))
+    return _scale_u8(arr, float(np.min(arr)), float(np.max(arr)))
+
+
+def _scale_u8(arr, lo: float, hi: float):
+    """Values from [lo, hi] onto 0..255 (all black when the range is empty)."""
+    import numpy as np
+
     if hi <= lo:
         return np.zeros(arr.shape, dtype=np.uint8)
     return np.clip((arr - lo) / (hi - lo) * 255.0 + 0.5, 0, 255).astype(np.uint8)
@@ -150,12 +156,19 @@ def _load_dicom(path: Path, max_pixels: int):
     values = apply_modality_lut(arr, ds)
     if "VOILUTSequence" in ds:
         values, info.window = apply_voi_lut(values, ds), "VOI LUT"
+        u8 = _minmax_u8(np.asarray(values, dtype=np.float64))
     elif "WindowCenter" in ds and "WindowWidth" in ds:
+        centre, width = _first(ds.WindowCenter), abs(_first(ds.WindowWidth))
         values = apply_voi_lut(values, ds)
-        info.window = f"centre {_first(ds.WindowCenter):g} / width {_first(ds.WindowWidth):g}"
+        # The window maps onto a fixed output range; scaling by the data's own min-max would
+        # stretch it again and make pixels inside the window black or white. pydicom's range
+        # is where values far outside the window land.
+        lo, hi = apply_voi_lut(np.array([centre - 100 * width - 1, centre + 100 * width + 1]), ds)
+        u8 = _scale_u8(np.asarray(values, dtype=np.float64), float(lo), float(hi))
+        info.window = f"centre {centre:g} / width {width:g}"
     else:
         info.window = "min-max"
-    u8 = _minmax_u8(np.asarray(values, dtype=np.float64))
+        u8 = _minmax_u8(np.asarray(values, dtype=np.float64))
     if photometric == "MONOCHROME1":
         u8 = 255 - u8  # MONOCHROME1: low values are bright
         info.notes.append("MONOCHROME1 inverted")
@@ -185,7 +198,8 @@ def pad_to_square(img, mean: tuple[float, float, float] = CLIP_MEAN):
 
 def encode_for_api(img, max_side: int = 1024, quality: int = 90) -> tuple[str, str]:
     """(data URL, sha256 of the bytes) of an image resized to at most ``max_side``: pixels only."""
-    img = img.copy()
+    img = img.convert("RGB")  # a copy; JPEG holds no alpha
+    img.info = {}  # PIL writes a source JPEG's comment (COM) back out from info: drop it
     img.thumbnail((max_side, max_side))
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=quality)  # a fresh JPEG carries no source metadata
