@@ -1,14 +1,25 @@
 # Every target sets itself up on a fresh machine: a virtual environment in .venv, installed once.
-# GPU users: install your own CUDA torch into .venv first (or pass TORCH=...); it is never replaced.
+# GPU users: put your own CUDA torch into .venv first (or pass TORCH=...); it is never replaced.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.stmed-installed
-TINY   ?= runs/tiny-llava
-DEMO   ?= runs/demo
 
-.PHONY: setup demo test bench clean
+# make selftrain: the real run (every variable can be set on the command line)
+MODEL  ?= llava-hf/llava-1.5-7b-hf   # round 1's policy: any HF vision-language model id or folder
+JUDGE  ?= gpt-4o                     # judge model name (OPENAI_API_KEY), or a local model with JUDGE_BACKEND=local
+JUDGE_BACKEND ?= openai              # openai | batch | local
+IMAGES ?= examples/images            # folder or JSONL of unlabeled medical images
+ROUNDS ?= 1                          # self-training rounds; round K+1 starts from round K's merged model
+OUT    ?= runs/selftrain             # outputs: OUT/round-K/{questions,answers,pairs}.jsonl, OUT/round-K/dpo/
+# make eval: benchmark files (PathVQA is not bundled: point PATHVQA at your copy to include it)
+VQA_RAD ?= ../shared/data/vqa_rad/VQA_RAD Dataset Public.json
+SLAKE   ?= ../shared/data/slake/test.json
+PATHVQA ?=
+EVAL_OUT ?= runs/eval
+
+.PHONY: setup demo test bench selftrain eval docs clean
 
 setup: $(STAMP)
 
@@ -18,21 +29,42 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q -c constraints.txt -e ".[test]"
 	touch $(STAMP)
 
-$(TINY)/config.json: | $(STAMP)
-	$(BIN)/python tools/make_tiny_model.py $(TINY)
+## demo: the whole loop on the embedded default (tiny random model, bundled images), CPU, minutes
+demo: $(STAMP)
+	bash examples/demo.sh
 
-## demo: the main job on the embedded default (tiny random model, bundled sample images)
-demo: $(STAMP) $(TINY)/config.json
-	$(BIN)/stmed inspect examples/images/synpic46720.jpg -m $(TINY) -q "Is there a fracture?"
-	$(BIN)/stmed inspect examples/images/synpic45544.jpg -m $(TINY)
-
-## test: the whole suite (CPU, offline, tiny model)
+## test: the whole suite (CPU, offline, tiny model; includes the demo pipeline)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 ## bench: CPU benchmarks, each printing ratios against the naive way in the same run
 bench: $(STAMP)
 	$(BIN)/python tools/bench_generate.py
+	$(BIN)/python tools/bench_pipeline.py
+	$(BIN)/python tools/bench_eval.py
+	$(BIN)/python tools/bench_judge.py
+	$(BIN)/python tools/bench_dpo.py
+
+## selftrain: ROUNDS rounds of gen-questions | answer | judge | dpo, resumable stage by stage
+selftrain: $(STAMP)
+	MODEL="$(strip $(MODEL))" JUDGE="$(strip $(JUDGE))" JUDGE_BACKEND="$(strip $(JUDGE_BACKEND))" \
+	IMAGES="$(strip $(IMAGES))" ROUNDS="$(strip $(ROUNDS))" OUT="$(strip $(OUT))" STMED=$(BIN)/stmed \
+	bash examples/selftrain.sh
+
+## eval: zero-shot VQA-RAD, SLAKE (and PathVQA when PATHVQA is set) for MODEL, then a report
+eval: $(STAMP)
+	mkdir -p "$(EVAL_OUT)"
+	$(BIN)/stmed eval --bench vqa-rad --data "$(strip $(VQA_RAD))" -m "$(strip $(MODEL))" \
+	  -o "$(EVAL_OUT)/vqa-rad.jsonl" --summary "$(EVAL_OUT)/vqa-rad.json"
+	$(BIN)/stmed eval --bench slake --data "$(strip $(SLAKE))" -m "$(strip $(MODEL))" \
+	  -o "$(EVAL_OUT)/slake.jsonl" --summary "$(EVAL_OUT)/slake.json"
+	if [ -n "$(strip $(PATHVQA))" ]; then $(BIN)/stmed eval --bench pathvqa --data "$(strip $(PATHVQA))" \
+	  -m "$(strip $(MODEL))" -o "$(EVAL_OUT)/pathvqa.jsonl" --summary "$(EVAL_OUT)/pathvqa.json"; fi
+	$(BIN)/stmed report $(EVAL_OUT)/*.json --markdown "$(EVAL_OUT)/report.md"
+
+## docs: regenerate docs/cli.md from every command's --help
+docs: $(STAMP)
+	$(BIN)/python tools/gen_cli_docs.py docs/cli.md
 
 clean:
 	rm -rf runs .pytest_cache
