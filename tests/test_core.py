@@ -1,0 +1,243 @@
+"""Model core on the tiny real LLaVA: loading, chat rendering, batched and seeded generation, OOM back-off."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import sys
+from pathlib import Path
+
+import pytest
+
+from stmed.core.chat import render, role_markers
+from stmed.core.generate import GenRequest, Generator, SamplingParams, cut_at_stop
+from stmed.core.model import ModelSpec, load_model, resolve_device, resolve_dtype
+from stmed.errors import InputError
+from stmed.images import load_image
+
+ROOT = Path(__file__).resolve().parents[1]
+IMAGES = sorted((ROOT / "examples" / "images").glob("*.jpg"))
+
+QUESTIONS = [
+    "What is shown?",
+    "Is there a fracture of the left femur in this radiograph of the lower limb, and where exactly?",
+    "Where?",
+    "Describe the image in detail, including every organ you can see and its size.",
+    "Is this a CT or an MRI?",
+    "Which side is the pleural effusion on?",
+    "Is the aorta dilated?",
+]
+SAMPLED = SamplingParams(max_new_tokens=12, temperature=1.2, top_k=100, top_p=0.95)
+GREEDY = SamplingParams(max_new_tokens=12)
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_model):
+    return load_model(ModelSpec(str(tiny_model), device="cpu"))
+
+
+@pytest.fixture(scope="module")
+def images():
+    return [load_image(p)[0] for p in IMAGES]
+
+
+def requests(images, seeds=(None,)) -> list[GenRequest]:
+    return [GenRequest([{"role": "user", "content": q}], images[i % len(images)], seeds=list(seeds))
+            for i, q in enumerate(QUESTIONS)]
+
+
+def run(loaded, reqs, params, batch_size) -> list[list[str]]:
+    out = dict(Generator(loaded, batch_size).run(reqs, params))
+    assert sorted(out) == list(range(len(reqs))), "every request gets exactly one output"
+    return [out[i].texts for i in range(len(reqs))]
+
+
+# --- loading -------------------------------------------------------------------------------------
+
+def test_tiny_model_saved_and_loaded_back(tiny_model, loaded):
+    import torch
+    from safetensors.torch import load_file
+    from transformers import LlavaForConditionalGeneration
+
+    size = sum(p.stat().st_size for p in tiny_model.rglob("*") if p.is_file())
+    assert size < 5_000_000, f"tiny model is {size:,} bytes"
+    assert isinstance(loaded.model, LlavaForConditionalGeneration)
+    assert not loaded.model.training and loaded.dtype == torch.float32 and loaded.device.type == "cpu"
+    saved = {}
+    for f in tiny_model.glob("*.safetensors"):
+        saved.update(load_file(f))
+    state = loaded.model.state_dict()
+    assert saved, "no weights on disk"
+    assert len(saved) == len(state) > 20
+
+    def fingerprints(tensors) -> list[tuple]:  # names differ between checkpoint layouts; contents must not
+        return sorted((tuple(t.shape), hashlib.sha256(t.contiguous().numpy().tobytes()).hexdigest()) for t in tensors)
+
+    assert fingerprints(state.values()) == fingerprints(saved.values()), "weights changed on the way back"
+    assert any(t.abs().sum() > 0 for t in state.values())
+    tok = loaded.tokenizer
+    assert tok.padding_side == "left" and tok.pad_token is not None
+    assert loaded.describe() == {"model": str(tiny_model), "adapter": None, "dtype": "float32"}
+    assert load_model(ModelSpec(str(tiny_model), device="cpu")) is loaded, "loaded once per process"
+
+
+def test_tiny_model_build_is_deterministic(tiny_model, tmp_path):
+    sys.path.insert(0, str(ROOT / "tools"))
+    from make_tiny_model import build
+
+    again = build(tmp_path / "again", seed=0)
+
+    def digest(folder: Path) -> str:
+        return hashlib.sha256(b"".join(f.read_bytes() for f in sorted(folder.glob("*.safetensors")))).hexdigest()
+
+    assert digest(again) == digest(tiny_model)
+    assert (again / "tokenizer.json").read_bytes() == (tiny_model / "tokenizer.json").read_bytes()
+
+
+def test_bad_model_folder(tmp_path):
+    with pytest.raises(InputError, match="no such model folder"):
+        load_model(ModelSpec(str(tmp_path / "missing")))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match=r"^-m .*empty: cannot load a vision-language model"):
+        load_model(ModelSpec(str(tmp_path / "empty"), device="cpu"))
+
+
+def test_device_and_dtype_flags():
+    import torch
+
+    cpu = resolve_device("cpu")
+    assert cpu.type == "cpu"
+    assert resolve_dtype("auto", cpu) == torch.float32
+    assert resolve_dtype("bfloat16", cpu) == torch.bfloat16
+    with pytest.raises(InputError, match="--dtype 'fp8'"):
+        resolve_dtype("fp8", cpu)
+    with pytest.raises(InputError, match="--device 'gpu0'"):
+        resolve_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="no CUDA GPU"):
+            resolve_device("cuda:0")
+        assert resolve_device("auto").type == "cpu"
+
+
+# --- chat rendering ------------------------------------------------------------------------------
+
+def test_render_assistant_turn(loaded):
+    text = render(loaded.processor, [{"role": "system", "content": "Be brief."},
+                                     {"role": "user", "content": "What is this?"}])
+    assert text == "Be brief.\nUSER: <image>\nWhat is this? ASSISTANT:"
+    assert text.count("<image>") == 1
+
+
+def test_continue_as_user_ends_with_user_header(loaded):
+    msgs = [{"role": "system", "content": "You are also a curious user."},
+            {"role": "user", "content": "Describe the image."},
+            {"role": "assistant", "content": "A chest x-ray."}]
+    text = render(loaded.processor, msgs, continue_as="user")
+    assert text.endswith("ASSISTANT: A chest x-ray.</s>USER: "), text
+    assert text.count("<image>") == 1 and text.rfind("ASSISTANT") < text.rfind("USER: ")
+    # the same user header the template writes before any user words
+    full = render(loaded.processor, [*msgs, {"role": "user", "content": "Q?"}], continue_as="assistant")
+    assert full.startswith(text) and full[len(text):] == "Q? ASSISTANT:"
+
+
+def test_fallback_without_chat_template(loaded):
+    proc = copy.deepcopy(loaded.processor)
+    proc.chat_template = None
+    proc.tokenizer.chat_template = None
+    msgs = [{"role": "user", "content": "Describe."}, {"role": "assistant", "content": "A scan."}]
+    assert render(proc, msgs[:1]) == "USER: <image>\nDescribe. ASSISTANT:"
+    assert render(proc, msgs, continue_as="user") == "USER: <image>\nDescribe. ASSISTANT: A scan.</s>USER: "
+
+
+def test_role_markers(loaded):
+    assert role_markers(loaded.processor) == ["ASSISTANT:", "USER:"]
+
+
+def test_cut_at_stop():
+    assert cut_at_stop(" Is it? USER: more ASSISTANT: x", ["ASSISTANT:", "USER:"]) == "Is it?"
+    assert cut_at_stop("plain", ["USER:"]) == "plain"
+
+
+# --- generation ----------------------------------------------------------------------------------
+
+def test_prompts_differ_in_length(loaded, images):
+    """The batching tests below mean something only when rows need padding."""
+    gen = Generator(loaded)
+    lengths = {len(loaded.tokenizer(gen.prompt_of(r))["input_ids"]) for r in requests(images)}
+    assert len(lengths) >= 4, lengths
+
+
+def test_greedy_batched_equals_one_at_a_time(loaded, images):
+    reqs = requests(images)
+    alone = run(loaded, reqs, GREEDY, batch_size=1)
+    for bs in (3, 8):
+        assert run(loaded, reqs, GREEDY, batch_size=bs) == alone, f"batch {bs} changed greedy text"
+    assert all(len(t) == 1 and t[0] for t in alone), alone
+    assert len({t[0] for t in alone}) > 1, "different prompts should give different text"
+
+
+def test_seeded_sampling_same_across_batch_sizes_and_runs(loaded, images):
+    reqs = requests(images, seeds=(40, 42, 7))
+    first = run(loaded, reqs, SAMPLED, batch_size=1)
+    assert run(loaded, reqs, SAMPLED, batch_size=3) == first
+    assert run(loaded, reqs, SAMPLED, batch_size=8) == first
+    assert run(loaded, reqs, SAMPLED, batch_size=8) == first, "a second run repeats the first"
+    assert all(len(t) == 3 for t in first)
+    # a seed's text does not depend on which other seeds or requests share its batch
+    solo = run(loaded, [GenRequest(reqs[4].messages, reqs[4].image, seeds=[42])], SAMPLED, batch_size=1)
+    assert solo[0][0] == first[4][1]
+
+
+def test_different_seeds_give_different_text(loaded, images):
+    out = run(loaded, requests(images[:1], seeds=range(6))[:1], SAMPLED, batch_size=8)[0]
+    assert len(set(out)) == 6, out
+    greedy = run(loaded, requests(images)[:1], GREEDY, batch_size=1)[0][0]
+    assert greedy not in out, "sampling at T=1.2 should not just reproduce greedy text"
+
+
+def test_text_only_and_image_requests_together(loaded, images):
+    reqs = requests(images)[:3] + [GenRequest([{"role": "user", "content": q}]) for q in QUESTIONS[:3]]
+    mixed = run(loaded, reqs, GREEDY, batch_size=8)
+    assert mixed[:3] == run(loaded, reqs[:3], GREEDY, batch_size=1)
+    assert mixed[3:] == run(loaded, reqs[3:], GREEDY, batch_size=1)
+    assert mixed[:3] != mixed[3:], "the image should change the text"
+
+
+def test_token_counts_and_ignore_eos(loaded, images):
+    params = SamplingParams(max_new_tokens=9, ignore_eos=True)
+    outs = dict(Generator(loaded, 4).run(requests(images, seeds=(None,)), params))
+    assert all(o.tokens == [9] for o in outs.values())
+    assert sum(o.total_tokens for o in outs.values()) == 9 * len(QUESTIONS)
+
+
+def test_oom_backoff_splits_batches(loaded, images, monkeypatch, capsys):
+    import torch
+
+    reqs = requests(images, seeds=(40, 42))
+    expect = run(loaded, reqs, SAMPLED, batch_size=8)
+    real_generate = loaded.model.generate
+    seen: list[int] = []
+
+    def generate(**kwargs):
+        rows = kwargs["input_ids"].shape[0]
+        seen.append(rows)
+        if rows > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_generate(**kwargs)
+
+    monkeypatch.setattr(loaded.model, "generate", generate)
+    gen = Generator(loaded, 8)
+    out = dict(gen.run(reqs, SAMPLED))
+    assert [out[i].texts for i in range(len(reqs))] == expect, "back-off changed or lost outputs"
+    assert gen.batch_size == 2, gen.batch_size
+    assert seen[0] == 8 and max(seen[1:]) <= 8 and seen.count(8) == 1, f"kept retrying the big batch: {seen}"
+    assert "out of memory at batch 8; continuing with batch size 4" in capsys.readouterr().err
+
+
+def test_other_errors_are_not_swallowed(loaded, images, monkeypatch):
+    def generate(**kwargs):
+        raise RuntimeError("shape mismatch in attention")
+
+    monkeypatch.setattr(loaded.model, "generate", generate)
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        list(Generator(loaded, 8).run(requests(images), GREEDY))
