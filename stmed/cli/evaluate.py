@@ -60,10 +60,11 @@ def eval_(
     kept: list[dict] = []
     code = c.run_stage("eval", lambda *a: _keep(produce(*a), kept), output=output, errors=errors,
                        overwrite=overwrite, quiet=quiet, total=len(items))
-    if output not in (None, "-"):
-        kept = stage.read_output(Path(output), {it["id"] for it in items})  # resumed lines count too
+    resumed = predictions is None and output not in (None, "-")
+    if resumed:
+        kept = stage.read_output(Path(output), {it["id"] for it in items})  # earlier runs' lines count too
     result = stage.summarize(kept, bench_data, name=name or Path(str(run_info.get("model", "run"))).name, run_info=run_info,
-                             cfg=cfg, selected=len(items), failed=len(items) - len(kept))
+                             cfg=cfg, selected=len(items), failed=len(items) - len(kept), rescore=resumed)
     if limit is not None:
         result["run"]["limit"] = limit
     _finish(result, summary, quiet)

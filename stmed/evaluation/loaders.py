@@ -78,9 +78,10 @@ class ImageFinder:
         self.suffixes = suffixes
 
     def __call__(self, name: str) -> str:
-        p = Path(name).expanduser()
-        if p.is_absolute():
-            return str(p)
+        if os.path.isabs(name):
+            return name
+        if name.startswith("~"):
+            return os.path.expanduser(name)
         for folder in self.folders:
             for suffix in self.suffixes:
                 cand = folder / (name + suffix)

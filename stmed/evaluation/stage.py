@@ -157,13 +157,16 @@ def score_predictions(items: list[Record], preds: dict[str, str], tracker=None) 
 
 
 def summarize(items: list[dict], data, *, name: str, run_info: dict, cfg: EvalConfig, selected: int,
-              failed: int = 0) -> dict:
+              failed: int = 0, rescore: bool = True) -> dict:
     """The summary JSON: metrics with CIs and rules, counts, what data and what model made it.
 
     ``selected`` is how many items this run was asked for (all of the split, or --limit N).
+    ``rescore`` scores the predictions again: lines kept from an earlier, resumed run may have
+    been scored by an older stmed.
     """
-    rescored = [{**it, "scores": score_item(it.get("prediction") or "", it["answer"], it["answer_type"])} for it in items]
-    result = aggregate(rescored, resamples=cfg.bootstrap, seed=cfg.seed)
+    if rescore:
+        items = [{**it, "scores": score_item(it.get("prediction") or "", it["answer"], it["answer_type"])} for it in items]
+    result = aggregate(items, resamples=cfg.bootstrap, seed=cfg.seed)
     return {
         "name": name,
         "stmed_version": __version__,
