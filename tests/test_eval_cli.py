@@ -168,3 +168,21 @@ def test_model_end_to_end_with_limit_and_resume(tmp_path, tiny_model):
     again = [json.loads(line) for line in out.read_text().splitlines()]
     assert [it["id"] for it in again[:3]] == [it["id"] for it in items] and len(again) == 5
     assert json.loads(summary.read_text())["counts"]["total"] == 5
+
+
+def test_openai_backend_end_to_end(tmp_path):
+    from openai_server import serve
+
+    out, summary = tmp_path / "items.jsonl", tmp_path / "s.json"
+    with serve() as server:
+        proc = run_stmed("eval", "--backend", "openai", "--base-url", server.base_url, "-m", "served-model",
+                         "--bench", "vqa-rad", "--data", RAD, "--limit", "4", "-o", out, "--summary", summary,
+                         "--bootstrap", "0", env={"OPENAI_API_KEY": "sk-test-not-a-secret"})
+        assert proc.returncode == 0, proc.stderr
+        assert server.stats.chat == 4, "one request per question"
+    items = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(items) == 4 and all(it["prediction"] for it in items)
+    assert items[0]["gen"]["backend"] == "openai" and items[0]["gen"]["model"] == "served-model"
+    s = json.loads(summary.read_text())
+    assert s["run"]["backend"] == "openai" and s["counts"]["total"] == 4
+    assert "sk-test-not-a-secret" not in out.read_text() + summary.read_text() + proc.stderr
