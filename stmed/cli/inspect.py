@@ -52,7 +52,8 @@ def _show(result: dict) -> None:
     qa.add_column("question", ratio=1)
     qa.add_column("answer", ratio=2)
     for item in result["qa"]:
-        qa.add_row(("[self] " if item["self_asked"] else "") + item["question"], item["answer"])
+        # Text, not markup strings: "[self]" and model text with brackets must print as written.
+        qa.add_row(Text(("[self] " if item["self_asked"] else "") + item["question"]), Text(item["answer"]))
     body = Group(facts, Text(""), Text("description", style="bold"), Text(result["description"]), Text(""), qa)
-    title = f"{result['image']}  ·  {result['model']['model']}"
+    title = Text(f"{result['image']}  ·  {result['model']['model']}")
     Console(highlight=False).print(Panel(body, title=title, title_align="left"))
