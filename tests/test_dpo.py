@@ -1,0 +1,180 @@
+"""stmed dpo on the tiny model: it learns a preference, merges, resumes, reads both pair formats."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import EXAMPLE_IMAGES, ROOT, run_stmed
+
+CHOSEN = "The liver, with a hypodense lesion."
+REJECTED = "No, the bone cortex is intact."
+QUESTIONS = ["What organ is shown?", "Is there a fracture?", "What is the modality?", "Where is the abnormality?"]
+FAST = ["--batch-size", "4", "--grad-accum", "1", "--lr", "2e-3", "--lora-r", "8", "--lora-alpha", "16", "-q"]
+
+
+def _images():
+    return sorted(EXAMPLE_IMAGES.glob("*.jpg"))
+
+
+def _write_pairs(path, n=16, stllava=False, extra=()):
+    images = _images()
+    with open(path, "w") as f:
+        for i in range(n):
+            img, q = str(images[i % len(images)]), QUESTIONS[i % len(QUESTIONS)]
+            if stllava:
+                conv = lambda a: [{"from": "human", "value": f"<image>\n{q}"}, {"from": "gpt", "value": a}]  # noqa: E731
+                rec = {"image": img, "chosen_conversations": conv(CHOSEN), "reject_conversations": conv(REJECTED)}
+            else:
+                rec = {"id": f"p{i}", "image": img, "question": q, "chosen": CHOSEN, "rejected": REJECTED}
+            f.write(json.dumps(rec) + "\n")
+        for rec in extra:
+            f.write(json.dumps(rec) + "\n")
+    return path
+
+
+def _log(outdir):
+    rows = [json.loads(line) for line in (outdir / "train_log.jsonl").read_text().splitlines()]
+    return [r for r in rows if "loss" in r]  # the last row is the trainer's closing summary
+
+
+def _margin(model, processor, question, image):
+    """Summed log-prob of CHOSEN minus REJECTED for one prompt."""
+    import torch
+
+    from stmed.images import load_image, pad_to_square
+    from stmed.train.data import answer_prompt, completion
+    from stmed.train.pairs import PairCollator, pair_logps
+
+    prompt = answer_prompt(processor, question)
+    ex = {"images": [pad_to_square(load_image(image)[0])], "prompt": prompt,
+          "chosen": completion(processor, question, CHOSEN, prompt),
+          "rejected": completion(processor, question, REJECTED, prompt)}
+    with torch.no_grad():
+        c, r = pair_logps(model, PairCollator(processor)([ex])).sums()
+    return float(c - r)
+
+
+def test_shared_prefix_gives_the_same_logps_and_gradients(tiny_model):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from stmed.images import load_image
+    from stmed.train.pairs import PairCollator, concat_logps, shared_prefix_logps
+
+    processor = AutoProcessor.from_pretrained(tiny_model)
+    model = get_peft_model(AutoModelForImageTextToText.from_pretrained(tiny_model),
+                           LoraConfig(r=8, target_modules=r".*language_model.*\.(q_proj|v_proj|up_proj)",
+                                      init_lora_weights=False))
+    answers = [(" Yes.</s>", " The liver, with a hypodense lesion in the right lobe.</s>"), (" Left lobe.</s>", " No.</s>")]
+    batch = PairCollator(processor)([
+        {"images": [load_image(img)[0]], "prompt": f"USER: <image>\n{q} ASSISTANT:", "chosen": c, "rejected": r}
+        for img, q, (c, r) in zip(_images(), ["Is it?", "Where is the abnormality located in this scan?"], answers)])
+    shared, concat = shared_prefix_logps(model, batch), concat_logps(model, batch)
+    assert torch.allclose(shared.log_probs, concat.log_probs, atol=1e-4), "shared prompt changed the log-probs"
+    params = [p for p in model.parameters() if p.requires_grad]
+    g1 = torch.autograd.grad(shared.log_probs.sum(), params)
+    g2 = torch.autograd.grad(concat.log_probs.sum(), params)
+    assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(g1, g2)), "gradients differ through the cache"
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model, tmp_path_factory):
+    """One DPO run (stmed pairs, two bad ones) with --merge, and one on the same pairs in STLLaVA-Med format."""
+    tmp = tmp_path_factory.mktemp("dpo")
+    bad = [{"id": "gone", "image": "missing.jpg", "question": "q", "chosen": "a", "rejected": "b"},
+           {"id": "same", "image": str(_images()[0]), "question": "q", "chosen": "a", "rejected": "a"}]
+    ours = run_stmed("dpo", _write_pairs(tmp / "pairs.jsonl", extra=bad), "-m", tiny_model, "-o", tmp / "out",
+                     "--max-steps", "8", "--merge", *FAST)
+    theirs = run_stmed("dpo", _write_pairs(tmp / "stllava.jsonl", stllava=True), "-m", tiny_model,
+                       "-o", tmp / "out2", "--max-steps", "8", *FAST)
+    return tmp, ours, theirs
+
+
+def test_dpo_learns_a_synthetic_preference(trained, tiny_model):
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    tmp, proc, _ = trained
+    assert proc.returncode == 1, f"two bad pairs should give exit 1: {proc.stderr}"
+    assert proc.stdout == "", "training writes nothing to stdout"
+    errors = [json.loads(x) for x in (tmp / "out" / "errors.jsonl").read_text().splitlines()]
+    assert [e["id"] for e in errors] == ["gone", "same"] and errors[0]["where"].endswith("pairs.jsonl:17")
+    log = _log(tmp / "out")
+    assert log[-1]["rewards/margins"] > log[0]["rewards/margins"], "logged margins did not grow"
+    processor = AutoProcessor.from_pretrained(tmp / "out")
+    base = AutoModelForImageTextToText.from_pretrained(tiny_model).eval()
+    before = [_margin(base, processor, q, img) for q, img in zip(QUESTIONS, _images())]
+    policy = PeftModel.from_pretrained(base, tmp / "out").eval()
+    after = [_margin(policy, processor, q, img) for q, img in zip(QUESTIONS, _images())]
+    assert all(a > b + 0.5 for a, b in zip(after, before)), f"margin vs reference did not grow: {before} -> {after}"
+    meta = json.loads((tmp / "out" / "_meta.json").read_text())
+    assert meta["config"]["beta"] == 0.1 and meta["data"]["pairs"] == 16 and len(meta["data"]["sha256"]) == 64
+
+
+def test_merged_model_matches_base_plus_adapter(trained, tiny_model):
+    from transformers import AutoModelForImageTextToText
+
+    from stmed.core.generate import GenRequest, SamplingParams, generate
+    from stmed.core.model import ModelSpec, load_model
+    from stmed.images import load_image
+
+    tmp = trained[0]
+    merged_dir = tmp / "out" / "merged"
+    assert AutoModelForImageTextToText.from_pretrained(merged_dir) is not None
+    image = load_image(_images()[1])[0]
+    req = [GenRequest(messages=[{"role": "user", "content": q}], image=image) for q in QUESTIONS[:2]]
+    params = SamplingParams(max_new_tokens=8)
+    merged = [o.texts for _, o in generate(load_model(ModelSpec(str(merged_dir), device="cpu")), req, params)]
+    adapted = [o.texts for _, o in generate(load_model(ModelSpec(str(tiny_model), str(tmp / "out"), device="cpu")),
+                                            req, params)]
+    assert merged == adapted and any(t[0] for t in merged), f"merged {merged} != base+adapter {adapted}"
+
+
+def test_stllava_format_trains_the_same(trained):
+    tmp, _, proc = trained
+    assert proc.returncode == 0, proc.stderr
+    ours, theirs = _log(tmp / "out"), _log(tmp / "out2")
+    assert [round(r["loss"], 4) for r in ours] == [round(r["loss"], 4) for r in theirs], \
+        "the same pairs in STLLaVA-Med format should train identically"
+
+
+def test_resume_after_kill_reaches_the_same_step(tiny_model, tmp_path):
+    pairs, out = _write_pairs(tmp_path / "pairs.jsonl", n=8), tmp_path / "out"
+    args = [sys.executable, "-m", "stmed.cli", "dpo", str(pairs), "-m", str(tiny_model), "-o", str(out),
+            "--max-steps", "6", "--save-steps", "1", "--batch-size", "2", *FAST[2:]]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (out / "checkpoint-2" / "trainer_state.json").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    assert not (out / "adapter_model.safetensors").exists(), "run finished before it could be killed"
+    again = run_stmed("dpo", pairs, "-m", tiny_model, "-o", out, "--max-steps", "6", "--save-steps", "1",
+                      "--batch-size", "2", *FAST[2:])
+    assert again.returncode == 2 and "--resume" in again.stderr, "a rerun without --resume must not mix runs"
+    resumed = run_stmed("dpo", pairs, "-m", tiny_model, "-o", out, "--max-steps", "6", "--save-steps", "1",
+                        "--batch-size", "2", "--resume", *FAST[2:])
+    assert resumed.returncode == 0, resumed.stderr
+    state = json.loads((out / "checkpoint-6" / "trainer_state.json").read_text())
+    assert state["global_step"] == 6
+    assert (out / "adapter_model.safetensors").exists()
+
+
+def test_no_usable_pairs_and_bad_config_stop_early(tiny_model, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"image": "nope.jpg", "question": "q", "chosen": "a", "rejected": "b"}) + "\n")
+    proc = run_stmed("dpo", bad, "-m", tiny_model, "-o", tmp_path / "o")
+    assert proc.returncode == 2 and "no usable preference pairs" in proc.stderr and "Traceback" not in proc.stderr
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("beta: 0.2\nlearnig_rate: 1e-5\n")
+    proc = run_stmed("dpo", bad, "-m", tiny_model, "-o", tmp_path / "o", "--config", cfg)
+    assert proc.returncode == 2 and f"{cfg}:2: unknown key 'learnig_rate'" in proc.stderr
+    assert "learning_rate" in proc.stderr, "a misspelt key should get a suggestion"
+    proc = run_stmed("dpo", bad, "-m", tiny_model, "-o", tmp_path / "o", "--loss", "sigmod")
+    assert proc.returncode == 2 and "did you mean 'sigmoid'" in proc.stderr
