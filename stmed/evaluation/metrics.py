@@ -253,8 +253,8 @@ def bootstrap_columns(rows: list[list[float | None]], *, resamples: int = 1000, 
     step = max(1, 5_000_000 // max(n, 1))  # bounded memory (about 60 MB): resamples drawn in slabs
     for start in range(0, resamples, step):
         k = min(resamples, start + step) - start
-        idx = rng.integers(0, n, size=(k, n), dtype=np.int64)
-        idx += (np.arange(k, dtype=np.int64) * n)[:, None]  # row r counts into its own n bins
+        idx = rng.integers(0, n, size=(k, n), dtype=np.int32)  # k * n <= 5M fits; 32-bit draws are cheaper
+        idx += (np.arange(k, dtype=np.int32) * n)[:, None]  # row r counts into its own n bins
         weights = np.bincount(idx.ravel(), minlength=k * n).reshape(k, n).astype(np.float64)
         sums[start:start + k] = weights @ values
         counts[start:start + k] = weights @ present
