@@ -102,6 +102,7 @@ def completion(body: dict, position_bias: int = 0, garbage: bool = False) -> dic
 class Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 256  # the default backlog of 5 resets bursts of new connections
 
     def __init__(self, port=0, *, delay=0.0, faults=None, seed=0, retry_after="0", slow_seconds=2.0,
                  position_bias=0, batch_polls=2):
@@ -109,7 +110,7 @@ class Server(ThreadingHTTPServer):
         self.delay, self.faults, self.retry_after = delay, dict(faults or {}), retry_after
         self.slow_seconds, self.position_bias, self.batch_polls = slow_seconds, position_bias, batch_polls
         self.rng = random.Random(seed)
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()  # run_batch makes files while holding it
         self.stats = Stats()
         self.files: dict[str, dict] = {}
         self.batches: dict[str, dict] = {}

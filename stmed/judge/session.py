@@ -1,0 +1,122 @@
+"""One judge run end to end: resume, route every outcome to its one file, summary, _meta, export.
+
+Every input record ends in exactly one place: the pairs output, the skipped file (with its
+reason) or the errors file. Resume skips the ids already in pairs or skipped; failures are
+retried, so the errors file always lists the latest run's failures.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from stmed import __version__
+from stmed.errors import EXIT_OK, EXIT_SOME_FAILED
+from stmed.judge.cost import JudgeStats
+from stmed.judge.run import JudgeConfig, run
+from stmed.progress import track
+from stmed.records import STDIO, ErrorSink, RecordWriter, default_errors_path
+
+
+def side_path(output: str | None, suffix: str) -> Path | None:
+    if output in (None, STDIO):
+        return None
+    out = Path(output)
+    stem = out.name[: -len(".jsonl")] if out.name.endswith(".jsonl") else out.name
+    return out.with_name(stem + suffix)
+
+
+def judge_session(cfg: JudgeConfig, records: list, *, output: str | None, skipped: str | None, errors: str | None,
+                  overwrite: bool, quiet: bool, cache, prices: dict, export: str | None = None) -> int:
+    skipped_path = skipped or side_path(output, ".skipped.jsonl")
+    if cfg.backend == "batch" and cfg.batch_dir is None:
+        cfg.batch_dir = side_path(output, ".batch") or Path("stmed-judge.batch")
+    pairs = RecordWriter(output, overwrite=overwrite)
+    skips = RecordWriter(skipped_path, overwrite=overwrite) if skipped_path else None
+    done = pairs.done | (skips.done if skips else set())
+    pending = [r for r in records if r["id"] not in done]
+    sink = ErrorSink(errors if errors is not None else default_errors_path(output))
+    store = _open_cache(cache)
+    stats = JudgeStats()
+    started = time.perf_counter()
+    try:
+        with track("judge", len(pending), quiet=quiet) as tracker:
+            for o in run(cfg, pending, stats, cache=store):
+                if o.kind == "pair":
+                    pairs.write(o.record)
+                    tracker.advance(kind="done")
+                elif o.kind == "skipped":
+                    if skips is not None:
+                        skips.write(o.record)
+                    else:
+                        print(f"stmed: {o.record.get('id')}: skipped ({o.record['skip']})", file=sys.stderr)
+                    tracker.advance(kind="skipped")
+                else:
+                    sink.add(o.record, o.error or "failed", **({"raw": o.raw} if o.raw else {}))
+                    tracker.advance(kind="failed")
+                _summary(tracker, stats, cfg, prices, started)
+            tracker.counts["resumed"] = len(done & {r["id"] for r in records})
+    finally:
+        pairs.close()
+        if skips is not None:
+            skips.close()
+        sink.close()
+        if store is not None:
+            store.close()
+    if cfg.prepare_only:
+        return EXIT_OK
+    _write_meta(side_path(output, ".meta.json"), cfg, stats, prices, tracker.counts, time.perf_counter() - started)
+    if export == "stllava" and output not in (None, STDIO):
+        export_stllava(Path(output), side_path(output, ".stllava.json"))
+    if sink.count and sink.path is not None and not quiet:
+        print(f"stmed judge: {sink.count} failed record(s) listed in {sink.path}", file=sys.stderr)
+    return EXIT_SOME_FAILED if sink.count else EXIT_OK
+
+
+def _open_cache(cache):
+    if cache is None:
+        return None
+    from stmed.judge.cache import ReplyCache, default_cache_path
+
+    return ReplyCache(default_cache_path() if cache == "default" else cache)
+
+
+def _summary(tracker, stats: JudgeStats, cfg: JudgeConfig, prices: dict, started: float) -> None:
+    seconds = max(time.perf_counter() - started, 1e-9)
+    cost = stats.cost(cfg.judge_model, prices, batch=cfg.backend == "batch")
+    tracker.extra = {
+        "requests": f"{stats.requests} ({stats.requests / seconds:.1f}/s, {stats.cache_hits} cached)",
+        "tokens": f"{stats.usage.prompt_tokens:,} in / {stats.usage.completion_tokens:,} out",
+        "cost": "n/a (no price for this model)" if cost is None else f"~${cost:.4f}",
+    }
+
+
+def _write_meta(path: Path | None, cfg: JudgeConfig, stats: JudgeStats, prices: dict, counts: dict, seconds: float) -> None:
+    """This run's settings and spend beside the output (the key is never part of cfg.describe)."""
+    if path is None:
+        return
+    cost = stats.cost(cfg.judge_model, prices, batch=cfg.backend == "batch")
+    meta = {"_meta": "stmed judge", "stmed": __version__, "judge": cfg.describe(), "counts": dict(counts),
+            "stats": stats.to_dict(), "cost_usd": None if cost is None else round(cost, 6), "seconds": round(seconds, 2),
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def stllava_record(pair: dict) -> dict:
+    """STLLaVA-Med's DPO format: the same human turn, then the chosen or the rejected answer."""
+    human = {"from": "human", "value": "<image>\n" + pair["question"]}
+    return {"id": pair["id"], "image": pair["image"],
+            "chosen_conversations": [human, {"from": "gpt", "value": pair["chosen"]}],
+            "reject_conversations": [human, {"from": "gpt", "value": pair["rejected"]}]}
+
+
+def export_stllava(pairs_path: Path, out: Path) -> None:
+    """The whole pairs file, converted (so it stays right across resumed runs); a JSON list, as their loader reads."""
+    rows = [stllava_record(json.loads(line)) for line in pairs_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(rows, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    tmp.replace(out)
