@@ -105,10 +105,12 @@ class Server(ThreadingHTTPServer):
     request_queue_size = 256  # the default backlog of 5 resets bursts of new connections
 
     def __init__(self, port=0, *, delay=0.0, faults=None, seed=0, retry_after="0", slow_seconds=2.0,
-                 position_bias=0, batch_polls=2):
+                 position_bias=0, batch_polls=2, script=(), expect_key=None):
         super().__init__(("127.0.0.1", port), Handler)
         self.delay, self.faults, self.retry_after = delay, dict(faults or {}), retry_after
         self.slow_seconds, self.position_bias, self.batch_polls = slow_seconds, position_bias, batch_polls
+        self.script = list(script)  # faults for the first requests, in order (None: no fault), then the rates
+        self.expect_key = expect_key  # when set, any other key gets OpenAI's 401, which echoes it masked
         self.rng = random.Random(seed)
         self.lock = threading.RLock()  # run_batch makes files while holding it
         self.stats = Stats()
@@ -121,6 +123,11 @@ class Server(ThreadingHTTPServer):
 
     def draw_fault(self) -> str | None:
         with self.lock:
+            if self.script:
+                name = self.script.pop(0)
+                if name:
+                    self.stats.faults[name] = self.stats.faults.get(name, 0) + 1
+                return name
             x, acc = self.rng.random(), 0.0
             for name in FAULTS:
                 acc += self.faults.get(name, 0.0)
@@ -246,6 +253,11 @@ class Handler(BaseHTTPRequestHandler):
             s.max_in_flight = max(s.max_in_flight, s.in_flight)
         status = 200
         try:
+            key = self.headers.get("Authorization", "").removeprefix("Bearer ")
+            if srv.expect_key is not None and key != srv.expect_key:
+                status = 401
+                masked = f"{key[:8]}{'*' * 10}{key[-4:]}"
+                return self._send(401, {"error": {"message": f"Incorrect API key provided: {masked}.", "code": "invalid_api_key"}})
             fault = srv.draw_fault()
             if srv.delay:
                 time.sleep(srv.delay)
