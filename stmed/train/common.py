@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
 import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -212,7 +213,7 @@ def load_for_training(cfg: TrainConfig, wrap: bool = True):
         return model, processor
     if cfg.full:
         for name, p in model.named_parameters():  # the vision tower and projector stay frozen, as in the paper
-            p.requires_grad = bool(__import__("re").search(LANGUAGE_PARTS, name)) or name.startswith("lm_head")
+            p.requires_grad = bool(re.search(LANGUAGE_PARTS, name)) or name.startswith("lm_head")
         return model, processor
     from peft import get_peft_model
 
@@ -306,10 +307,12 @@ def merge_adapter(cfg: TrainConfig) -> Path:
 
     out = Path(cfg.output_dir)
     dtype = torch.bfloat16 if use_bf16(cfg) else torch.float32
-    base = AutoModelForImageTextToText.from_pretrained(cfg.model, dtype=dtype, trust_remote_code=cfg.trust_remote_code)
-    merged = base if cfg.full else PeftModel.from_pretrained(base, str(out)).merge_and_unload()
-    if cfg.full:
+    if cfg.full:  # the trained weights are the whole model already
         merged = AutoModelForImageTextToText.from_pretrained(str(out), dtype=dtype)
+    else:
+        base = AutoModelForImageTextToText.from_pretrained(cfg.model, dtype=dtype,
+                                                           trust_remote_code=cfg.trust_remote_code)
+        merged = PeftModel.from_pretrained(base, str(out)).merge_and_unload()
     target = out / "merged"
     merged.save_pretrained(target)
     AutoProcessor.from_pretrained(str(out), trust_remote_code=cfg.trust_remote_code).save_pretrained(target)
