@@ -1,0 +1,79 @@
+"""The local judge: a VLM in this process, through the shared model core, with the same prompt.
+
+Where the model's reply has no two scores (small or untuned models often ramble), the same pair
+is asked as "which answer is better, 1 or 2?" and the next-token log-probabilities of "1" and
+"2" decide: their softmax p gives scores 10*p and 10*(1-p). So any model, the tiny test model
+included, yields a verdict for every record; the judgement's ``source`` says ``logprob``.
+torch and transformers load here only, never for the API backends.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+from stmed.errors import RecordError
+from stmed.judge.cost import JudgeStats
+from stmed.judge.run import JudgeConfig, Judgement, Outcome, decide, judgement_from, orders, outcome, prepare, quick_verdict
+from stmed.judge.prompt import JudgePrompt
+
+SEED = 0  # sampling judges (temperature > 0) draw from this seed, so a rerun gives the same verdicts
+
+
+def run_local(cfg: JudgeConfig, records: list, stats: JudgeStats) -> Iterator[Outcome]:
+    from stmed.core.backend import HFBackend
+    from stmed.core.generate import GenRequest, SamplingParams, choice_logprobs
+    from stmed.core.model import ModelSpec
+
+    backend = HFBackend(ModelSpec(cfg.judge_model, cfg.adapter, cfg.device, cfg.dtype, cfg.trust_remote_code),
+                        batch_size=cfg.batch_size)
+    params = SamplingParams(max_new_tokens=cfg.max_tokens, temperature=cfg.temperature)
+    seeds = [None] if params.greedy else [SEED]
+    prompt: JudgePrompt = cfg.prompt
+
+    def request(prep, order, mode):
+        text = prompt.render(prep.question, prep.answers[order[0]], prep.answers[order[1]], mode=mode)
+        return GenRequest([{"role": "user", "content": text}], prep.image, seeds=seeds)
+
+    chunk_size = max(1, cfg.batch_size * 8)  # records per round: enough to fill batches, few images in memory
+    for start in range(0, len(records), chunk_size):
+        preps = []
+        for rec in records[start:start + chunk_size]:
+            try:
+                prep = prepare(rec, cfg, keep_image=True)
+            except RecordError as e:
+                msg = str(e)
+                yield Outcome("failed", rec, msg if msg.startswith(rec.where) else f"{rec.where}: {msg}")
+                continue
+            if (quick := quick_verdict(prep, cfg)) is not None:
+                yield outcome(prep, quick, [], cfg, stats)
+            else:
+                preps.append(prep)
+        jobs = [(p, o) for p in preps for o in orders(len(p.answers), cfg.policy)]
+        replies = dict(backend.generate([request(p, o, "text") for p, o in jobs], params))
+        judged: dict[int, Judgement] = {}
+        fallback = []
+        for k, (p, o) in enumerate(jobs):
+            stats.requests += 1
+            text = replies[k].texts[0]
+            stats.usage.completion_tokens += replies[k].total_tokens
+            j = judgement_from(o, text, "local")
+            if j is None:
+                fallback.append(k)
+            else:
+                judged[k] = j
+        if fallback:
+            stats.logprob_fallbacks += len(fallback)
+            lps = choice_logprobs(backend.loaded, [request(*jobs[k], "choice") for k in fallback], ["1", "2"],
+                                  batch_size=cfg.batch_size)
+            for k, lp in zip(fallback, lps):
+                p1 = 1.0 / (1.0 + math.exp(lp["2"] - lp["1"]))  # softmax over the two choices only
+                text = replies[k].texts[0]
+                judged[k] = Judgement(jobs[k][1], (round(10 * p1, 4), round(10 * (1 - p1), 4)),
+                                      f"{text}\n[log-prob fallback: p(1)={p1:.4f}]", "logprob")
+        by_prep: dict[int, list[Judgement]] = {}
+        for k, (p, _) in enumerate(jobs):
+            by_prep.setdefault(id(p), []).append(judged[k])
+        for p in preps:
+            js = by_prep[id(p)]
+            yield outcome(p, decide(js, len(p.answers), cfg.policy, cfg.min_margin), js, cfg, stats)
