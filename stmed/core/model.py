@@ -82,15 +82,15 @@ def _quiet_hf() -> None:
 @lru_cache(maxsize=2)
 def load_model(spec: ModelSpec) -> Loaded:
     """Model in eval mode on its device, processor padding on the left for batched generation."""
+    local = Path(spec.model).expanduser()
+    if spec.model.startswith((".", "/", "~")) and not local.exists():  # before the slow imports
+        raise InputError(f"-m {spec.model}: no such model folder")
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     _quiet_hf()
     device = resolve_device(spec.device)
     dtype = resolve_dtype(spec.dtype, device)
-    local = Path(spec.model).expanduser()
-    if spec.model.startswith((".", "/", "~")) and not local.exists():
-        raise InputError(f"-m {spec.model}: no such model folder")
     try:
         processor = AutoProcessor.from_pretrained(spec.model, trust_remote_code=spec.trust_remote_code)
         model = AutoModelForImageTextToText.from_pretrained(
