@@ -85,3 +85,17 @@ def test_prompt_layout_and_template_file(tmp_path):
 
     with pytest.raises(InputError, match=r"mine.txt:1: .*\{answer_2\}"):
         JudgePrompt.from_file(f)
+
+
+def test_stllava_export(tmp_path):
+    import json
+
+    from stmed.judge.session import export_stllava
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"id": "a", "image": "x.jpg", "question": "Is it normal?", "chosen": "No, a mass.",
+                                 "rejected": "Yes.", "margin": 3, "judge": {}}) + "\n")
+    export_stllava(pairs, tmp_path / "out.json")
+    (row,) = json.loads((tmp_path / "out.json").read_text())
+    assert row["image"] == "x.jpg" and row["chosen_conversations"][0] == {"from": "human", "value": "<image>\nIs it normal?"}
+    assert row["chosen_conversations"][1]["value"] == "No, a mass." and row["reject_conversations"][1]["value"] == "Yes."
