@@ -151,9 +151,29 @@ def test_sigkill_then_rerun_answers_every_question_once(answered, question_file,
     final = read_jsonl(out)
     ids = [r["id"] for r in final]
     assert len(ids) == len(set(ids)) == N_QUESTIONS, "every question answered exactly once"
+    assert all(r["source"] == "test" and r["rank"] == i and r["image"].startswith("imgs/")
+               for i, r in enumerate(final)), "input fields kept as they were"
     assert out.read_bytes().startswith(before[: before.rfind(b"\n") + 1]), "finished records were not rewritten"
     assert out.read_bytes() == answered.read_bytes(), "resumed output differs from an uninterrupted run"
     assert not out.with_name("answers.errors.jsonl").exists()
+
+
+def test_ctrl_c_exits_130_with_a_consistent_output(answered, question_file, tiny_model, tmp_path):
+    out = tmp_path / "answers.jsonl"
+    args = [sys.executable, "-m", "stmed.cli", "answer", str(question_file), "-m", str(tiny_model), *TINY_GEN,
+            "--batch-size", "16", "-o", str(out)]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    deadline = time.monotonic() + 240
+    while not (out.exists() and out.stat().st_size > 0) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert stderr.strip().splitlines()[-1] == "stmed: interrupted; rerun the same command to resume"
+    assert "Traceback" not in stderr
+    kept = out.read_text()
+    assert kept and answered.read_text().startswith(kept), "only whole records, the same as an uninterrupted run"
 
 
 # --- shards --------------------------------------------------------------------------------------
@@ -266,3 +286,52 @@ def test_openai_backend_refuses_vuser(image_dir, tmp_path):
     lines = proc.stderr.splitlines()
     assert len(lines) == 1 and "--strategy vuser" in lines[0] and "--strategy instruct" in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr and not out.exists()
+
+
+# --- question cleaning and the bounded re-sampling, in process --------------------------------
+
+@pytest.mark.parametrize("raw, question", [
+    ("What organ is shown? ASSISTANT: The liver.", "What organ is shown?"),
+    ("USER: Is there a fracture?", "Is there a fracture?"),
+    ("  1. Where is the lesion located?\n2. Is it enhancing?", "Where is the lesion located?"),
+    ("Question: is the aorta dilated? I would also ask", "is the aorta dilated?"),
+    ('"Which side is the effusion on?"', "Which side is the effusion on?"),
+    ("Describe the bowel loops", "Describe the bowel loops"),
+    ("USER: ", ""),
+])
+def test_clean_question(raw, question):
+    from stmed.stages.questions import clean_question
+
+    assert clean_question(raw, ["ASSISTANT:", "USER:"]) == question
+
+
+def test_duplicates_and_empty_questions_are_resampled_a_bounded_number_of_times(tiny_model, image_dir):
+    """One-token questions are mostly too short or repeated: they are dropped, counted and drawn again."""
+    from stmed.core.backend import HFBackend
+    from stmed.core.model import ModelSpec
+    from stmed.records import ErrorSink
+    from stmed.stages import questions
+
+    backend = HFBackend(ModelSpec(str(tiny_model), device="cpu"))
+    records = questions.image_records(image_dir)
+    cfg = questions.QuestionsConfig(n=4, max_new_tokens=1, describe_max_new_tokens=4, max_tries=3)
+    sink = ErrorSink(None)
+    out = list(questions.run(cfg, backend, records, sink))
+    by_image: dict[str, list[dict]] = {}
+    for r in out:
+        by_image.setdefault(r["image_id"], []).append(r)
+    assert len(by_image) + sink.count == len(records), "each image gives questions or one error line"
+    dropped_any = False
+    for image_id, recs in by_image.items():
+        keys = [questions.normalise(r["question"]) for r in recs]
+        assert len(keys) == len(set(keys)) <= cfg.n, f"{image_id}: duplicate questions kept: {keys}"
+        assert all(len(k) >= 3 for k in keys), keys
+        assert [r["id"] for r in recs] == [f"{image_id}:q{k}" for k in range(len(recs))]
+        dropped = {r["gen"]["dropped"] for r in recs}
+        assert len(dropped) == 1, "one count per image"
+        seeds = [r["gen"]["seed"] for r in recs]
+        assert len(set(seeds)) == len(seeds)
+        drawn = len(recs) + dropped.pop()
+        assert drawn <= cfg.n * cfg.max_tries, f"{image_id}: {drawn} samples drawn, more than the bound"
+        dropped_any |= drawn > len(recs)
+    assert dropped_any, "1-token questions should have produced some drops to test"

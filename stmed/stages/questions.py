@@ -66,6 +66,9 @@ _PREFIX = re.compile(r"^\s*(?:(?:user|human|question|q|virtual user)\s*[:\-]\s*|
 
 def clean_question(text: str, markers: list[str]) -> str:
     """One question from raw model text: role prefixes, later turns and trailing chatter cut."""
+    text = text.lstrip()
+    while any(text.startswith(m) for m in markers):  # a repeated role header opens the text: a prefix, not a new turn
+        text = text[len(next(m for m in markers if text.startswith(m))):].lstrip()
     for m in markers:
         at = text.find(m)
         if at >= 0:
