@@ -136,7 +136,8 @@ def _load_dicom(path: Path, max_pixels: int):
     try:
         arr = ds.pixel_array
     except Exception as e:
-        raise ImageError(f"{path}: cannot decode DICOM pixels ({type(e).__name__}: {e})") from None
+        detail = " ".join(str(e).split())  # pydicom lists each decoder's failure on its own line
+        raise ImageError(f"{path}: cannot decode DICOM pixels ({type(e).__name__}: {detail})") from None
     photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2"))
     frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
     info = ImageInfo(format="DICOM", size=(cols, rows), mode=photometric, modality=getattr(ds, "Modality", None))
@@ -144,11 +145,14 @@ def _load_dicom(path: Path, max_pixels: int):
     if frames > 1:
         arr = arr[frames // 2]
         info.notes.append(f"middle frame of {frames}")
-    if samples == 3:
-        if photometric.startswith("YBR"):
-            from pydicom.pixels import convert_color_space
+    if photometric == "PALETTE COLOR":
+        from pydicom.pixels import apply_color_lut
 
-            arr = convert_color_space(arr, photometric, "RGB")
+        bits = int(ds.RedPaletteColorLookupTableDescriptor[2])  # 8 or 16-bit palette entries
+        info.window = "palette"
+        return Image.fromarray(_scale_u8(apply_color_lut(arr, ds).astype(np.float64), 0, 2**bits - 1)), info
+    if samples == 3:
+        # pydicom >= 3 hands YBR pixels over already converted to RGB (pixel_array's as_rgb)
         info.window = "none (colour)"
         return Image.fromarray(_minmax_u8(arr) if arr.dtype != np.uint8 else arr).convert("RGB"), info
     from pydicom.pixels import apply_modality_lut, apply_voi_lut

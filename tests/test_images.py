@@ -75,13 +75,14 @@ def test_grayscale_png(tmp_path, source):
     assert np.array_equal(arr[..., 0], pixels(grey)) and np.array_equal(arr[..., 0], arr[..., 2])
 
 
-def test_16bit_png_is_scaled_to_8_bits(tmp_path, source):
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_16bit_grey_is_scaled_to_8_bits(tmp_path, source, suffix):
     grey = pixels(source.convert("L")).astype(np.uint16)
     assert grey.min() == 0 and grey.max() == 255, "the fixture image should span the full range"
-    Image.fromarray(grey * 16 + 100).save(tmp_path / "ct16.png")  # 12-bit-like values with an offset
-    raw = Image.open(tmp_path / "ct16.png")
+    Image.fromarray(grey * 16 + 100).save(tmp_path / f"ct16{suffix}")  # 12-bit-like values with an offset
+    raw = Image.open(tmp_path / f"ct16{suffix}")
     assert raw.mode.startswith("I"), f"PIL did not keep 16 bits: {raw.mode}"
-    img, info = load_image(tmp_path / "ct16.png")
+    img, info = load_image(tmp_path / f"ct16{suffix}")
     check_rgb(img, source.size)
     assert info.mode == raw.mode and any("scaled min-max" in n for n in info.notes), info
     out = pixels(img)[..., 0]
@@ -205,6 +206,69 @@ def test_no_dicom_tags_leave_the_loader():
     text = json.dumps(facts)
     for secret in (str(ds.PatientName), str(ds.PatientID), str(ds.InstitutionName)):
         assert secret and secret not in text, f"{secret!r} leaked into image facts"
+
+
+def dicom_file(name: str) -> Path:
+    """A DICOM bundled with pydicom; never one it would fetch from the network."""
+    path = Path(pydicom.data.get_testdata_file(name, download=False) or "")
+    if not path.is_file():
+        pytest.skip(f"{name} is not bundled with this pydicom")
+    return path
+
+
+def test_ybr_dicom_comes_out_as_rgb():
+    """The same test pattern stored as YBR_FULL_422 and as RGB must give the same colours."""
+    ybr, info = load_image(dicom_file("SC_ybr_full_422_uncompressed.dcm"))
+    rgb, _ = load_image(dicom_file("SC_rgb_rle.dcm"))
+    assert info.mode == "YBR_FULL_422" and info.window == "none (colour)"
+    diff = np.abs(pixels(ybr) - pixels(rgb)).max()
+    assert diff <= 8, f"YBR converted wrongly (max difference {diff}); converted twice?"
+
+
+def test_palette_colour_dicom_uses_its_palette():
+    from pydicom.pixels import apply_color_lut
+
+    path = dicom_file("examples_palette.dcm")
+    img, info = load_image(path)
+    check_rgb(img, (800, 350))
+    assert (info.mode, info.modality, info.window) == ("PALETTE COLOR", "US", "palette")
+    ds = pydicom.dcmread(path)
+    expect = apply_color_lut(ds.pixel_array, ds).astype(np.float64) / 65535 * 255
+    assert np.abs(pixels(img) - expect).max() <= 1
+    arr = pixels(img)
+    assert (arr[..., 0] != arr[..., 2]).mean() > 0.05, "a palette image should keep its colours"
+
+
+@pytest.mark.parametrize("name, frames, size", [("SC_rgb_rle_2frame.dcm", 2, (100, 100)), ("rtdose.dcm", 15, (10, 10))])
+def test_multiframe_dicom_shows_the_middle_frame(name, frames, size):
+    path = dicom_file(name)
+    img, info = load_image(path)
+    check_rgb(img, size)
+    assert f"middle frame of {frames}" in info.notes
+    ds = pydicom.dcmread(path)
+    if ds.SamplesPerPixel == 3:
+        assert np.array_equal(pixels(img), ds.pixel_array[frames // 2].astype(np.int16))
+
+
+@pytest.mark.parametrize("name, says", [("MR_truncated.dcm", "cannot decode DICOM pixels"),
+                                        ("rtplan.dcm", "DICOM file has no image pixels")])
+def test_undecodable_dicom_is_one_sentence(name, says):
+    path = dicom_file(name)
+    with pytest.raises(ImageError) as e:
+        load_image(path)
+    assert says in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+def test_dicom_without_a_decoder_is_one_sentence_or_an_image():
+    """12-bit JPEG Extended needs pylibjpeg or GDCM: without one, pydicom lists every failed decoder
+    on its own line; stmed must still say it in one."""
+    path = dicom_file("JPEG-lossy.dcm")
+    try:
+        img, _ = load_image(path)
+    except ImageError as e:
+        assert "cannot decode DICOM pixels" in str(e) and "\n" not in str(e), str(e)
+    else:
+        check_rgb(img, (256, 1024))
 
 
 # --- errors --------------------------------------------------------------------------------------
