@@ -278,6 +278,15 @@ def test_bad_flags_exit_2(question_file, tiny_model, args, says):
     assert len(proc.stderr.splitlines()) == 1 and says in proc.stderr, proc.stderr
 
 
+@pytest.mark.parametrize("greedy", [(), ("--greedy",)])
+def test_template_without_question_placeholder_exits_2(question_file, tiny_model, tmp_path, greedy):
+    template = tmp_path / "template.txt"
+    template.write_text("Answer in one word.\n")
+    proc = run_stmed("answer", question_file, "-m", tiny_model, "--template", template, *greedy)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.splitlines() == ["stmed: error: the answer template file must contain {question}"]
+
+
 def test_openai_backend_refuses_vuser(image_dir, tmp_path):
     out = tmp_path / "q.jsonl"
     proc = run_stmed("gen-questions", image_dir, "-m", "policy", "--backend", "openai",

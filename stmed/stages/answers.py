@@ -31,6 +31,8 @@ class AnswersConfig:
     sample_seeds: list[int | None] = field(init=False)
 
     def __post_init__(self):
+        if self.template is not None and "{question}" not in self.template.text:  # --greedy too
+            raise InputError("the answer template file must contain {question}")
         if self.greedy:
             self.n, self.sample_seeds = 1, [None]
             return
@@ -44,8 +46,6 @@ class AnswersConfig:
         if len(set(seeds)) != len(seeds):
             raise InputError(f"--seeds {','.join(map(str, self.seeds))}: seeds must differ, or answers repeat")
         self.sample_seeds = seeds
-        if self.template is not None and "{question}" not in self.template.text:
-            raise InputError("the answer template file must contain {question}")
 
     def sampling(self) -> SamplingParams:
         if self.greedy:
