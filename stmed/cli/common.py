@@ -149,5 +149,7 @@ def make_backend(backend: str, flags: ModelFlags, *, batch_size: int, base_url: 
             fail("--backend openai needs -m MODEL (the served model's name)")
         from stmed.backends.openai_backend import OpenAIBackend
 
-        return OpenAIBackend(flags.model, base_url=base_url, api_key_env=api_key_env, concurrency=concurrency)
+        # A request that fails after its retries becomes that record's error, not the run's.
+        return OpenAIBackend(flags.model, base_url=base_url, api_key_env=api_key_env, concurrency=concurrency,
+                             on_error="yield")
     fail(f"--backend {backend!r}: expected hf or openai")

@@ -79,6 +79,11 @@ def run(cfg: AnswersConfig, backend, records: list[Record], errors: ErrorSink,
         outputs = dict(backend.generate([req for _, req in ready], cfg.sampling()))
         for j, (rec, req) in enumerate(ready):
             out = outputs[j]
+            if isinstance(out, Exception):  # a remote backend's request that failed after its retries
+                errors.add(rec, f"{rec.where}: {out}")
+                if tracker:
+                    tracker.advance(kind="failed")
+                continue
             answers = [{"text": t, "seed": s} for t, s in zip(out.texts, req.seeds)]
             if tracker:
                 tracker.advance(tokens=out.total_tokens)

@@ -118,8 +118,12 @@ def _run_chunk(cfg, backend, chunk, errors, done, markers, tracker) -> Iterator[
     descriptions: dict[int, str] = {}
     tokens = 0
     for j, out in backend.generate(reqs, greedy):
+        if isinstance(out, Exception):  # a remote backend's request that failed after its retries
+            errors.add(chunk[order[j]], f"{chunk[order[j]].where}: {out}")
+            continue
         descriptions[order[j]] = out.texts[0]
         tokens += out.total_tokens
+    order = [i for i in order if i in descriptions]
     found: dict[int, list[tuple[str, int]]] = {i: [] for i in order}
     seen: dict[int, set[str]] = {i: set() for i in order}
     dropped = {i: 0 for i in order}
@@ -136,6 +140,9 @@ def _run_chunk(cfg, backend, chunk, errors, done, markers, tracker) -> Iterator[
             reqs.append(_ask_request(cfg, descriptions[i], images[i], seeds))
         for j, out in backend.generate(reqs, cfg.sampling()):
             i = need[j]
+            if isinstance(out, Exception):
+                dropped[i] += len(reqs[j].seeds)  # counted as dropped; later rounds may still succeed
+                continue
             tokens += out.total_tokens
             for text, seed in zip(out.texts, reqs[j].seeds):
                 q = clean_question(text, markers)
