@@ -125,25 +125,43 @@ def test_same_seed_same_questions_across_runs_and_batch_sizes(piped, image_dir, 
 
 # --- resume after SIGKILL ------------------------------------------------------------------------
 
-def test_sigkill_then_rerun_answers_every_question_once(answered, question_file, tiny_model, tmp_path):
-    out = tmp_path / "answers.jsonl"
-    args = [sys.executable, "-m", "stmed.cli", "answer", str(question_file), "-m", str(tiny_model), *TINY_GEN,
-            "--batch-size", "16", "-o", str(out)]
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+def start_and_stop_when_output_grows(args: list[str], out: Path, sig: int) -> subprocess.Popen:
+    """Start a run; once the output file has grown past its starting size, send ``sig``."""
+    start = out.stat().st_size if out.exists() else 0
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
     deadline = time.monotonic() + 240
     try:
-        while not (out.exists() and out.stat().st_size > 0):
-            assert proc.poll() is None, f"answer exited before writing anything: {proc.stderr.read().decode()}"
-            assert time.monotonic() < deadline, "no output after 240 s"
+        while not (out.exists() and out.stat().st_size > start):
+            assert proc.poll() is None, f"answer exited before writing more: {proc.stderr.read()}"
+            assert time.monotonic() < deadline, "no new output after 240 s"
             time.sleep(0.02)
     finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        proc.send_signal(sig)
+    proc.stderr_text = proc.communicate(timeout=120)[1]
+    return proc
+
+
+def test_interrupt_then_sigkill_then_rerun_answers_every_question_once(answered, question_file, tiny_model, tmp_path):
+    out = tmp_path / "answers.jsonl"
+    args = [sys.executable, "-m", "stmed.cli", "answer", str(question_file), "-m", str(tiny_model), *TINY_GEN,
+            "--batch-size", "16", "-o", str(out)]
+    reference = answered.read_bytes()
+
+    # Ctrl-C: exit 130, one line saying how to go on, only whole records that an uninterrupted run also wrote
+    proc = start_and_stop_when_output_grows(args, out, signal.SIGINT)
+    assert proc.returncode == 130, proc.stderr_text
+    assert proc.stderr_text.strip().splitlines()[-1] == "stmed: interrupted; rerun the same command to resume"
+    assert "Traceback" not in proc.stderr_text
+    first = out.read_bytes()
+    assert first and first.endswith(b"\n") and reference.startswith(first)
+
+    # SIGKILL part-way through the resumed run: nothing is cleaned up, a line may be torn
+    proc = start_and_stop_when_output_grows(args, out, signal.SIGKILL)
     assert proc.returncode == -signal.SIGKILL
     before = out.read_bytes()
     kept = before.count(b"\n")
-    assert 0 < kept < N_QUESTIONS, f"the kill came too late to test resuming ({kept} lines)"
+    assert first.count(b"\n") < kept < N_QUESTIONS, f"the kill came too late to test resuming ({kept} lines)"
 
     rerun = run_stmed(*args[3:])
     assert rerun.returncode == 0, rerun.stderr
@@ -154,26 +172,8 @@ def test_sigkill_then_rerun_answers_every_question_once(answered, question_file,
     assert all(r["source"] == "test" and r["rank"] == i and r["image"].startswith("imgs/")
                for i, r in enumerate(final)), "input fields kept as they were"
     assert out.read_bytes().startswith(before[: before.rfind(b"\n") + 1]), "finished records were not rewritten"
-    assert out.read_bytes() == answered.read_bytes(), "resumed output differs from an uninterrupted run"
+    assert out.read_bytes() == reference, "resumed output differs from an uninterrupted run"
     assert not out.with_name("answers.errors.jsonl").exists()
-
-
-def test_ctrl_c_exits_130_with_a_consistent_output(answered, question_file, tiny_model, tmp_path):
-    out = tmp_path / "answers.jsonl"
-    args = [sys.executable, "-m", "stmed.cli", "answer", str(question_file), "-m", str(tiny_model), *TINY_GEN,
-            "--batch-size", "16", "-o", str(out)]
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    deadline = time.monotonic() + 240
-    while not (out.exists() and out.stat().st_size > 0) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130, stderr
-    assert stderr.strip().splitlines()[-1] == "stmed: interrupted; rerun the same command to resume"
-    assert "Traceback" not in stderr
-    kept = out.read_text()
-    assert kept and answered.read_text().startswith(kept), "only whole records, the same as an uninterrupted run"
 
 
 # --- shards --------------------------------------------------------------------------------------
