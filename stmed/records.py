@@ -61,6 +61,8 @@ def read_records(path: str | Path, *, assign_ids: bool = True, unique_ids: bool 
         if p.is_dir():
             raise InputError(f"{name}: is a folder, expected a JSONL file")
         raw, base = p.read_bytes(), p.resolve().parent
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]  # a UTF-8 byte-order mark, as some Windows editors write
     records: list[Record] = []
     first_line: dict[str, int] = {}
     for lineno, line in enumerate(raw.split(b"\n"), start=1):

@@ -45,6 +45,10 @@ class FixedLength:
             self.tokens += out.total_tokens
             yield i, out
 
+    @property
+    def batch_size(self):
+        return self.generator.batch_size
+
     def describe(self):
         return {"backend": "hf", **self.loaded.describe()}
 
@@ -71,9 +75,13 @@ def stmed_pipeline(backend, records, n_questions: int) -> tuple[float, int]:
     backend.tokens = 0
     start = time.perf_counter()
     qs = list(questions.run(questions.QuestionsConfig(n=n_questions, max_tries=1), backend, records, sink))
+    sync()
+    split = time.perf_counter()
     list(answers.run(answers.AnswersConfig(), backend, qs, sink))
     sync()
-    return time.perf_counter() - start, backend.tokens
+    end = time.perf_counter()
+    print(f"stmed stages: gen-questions {split - start:.1f}s, answer {end - split:.1f}s", file=sys.stderr)
+    return end - start, backend.tokens
 
 
 def naive_pipeline(loaded, records, n_questions: int, new_tokens: int) -> tuple[float, int]:

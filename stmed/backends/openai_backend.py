@@ -27,6 +27,7 @@ class OpenAIBackend:
         self.client = OpenAIClient(OpenAIConfig(model=model, base_url=base_url, api_key_env=api_key_env,
                                                 concurrency=concurrency, **client_options))
         self.model, self.base_url, self.max_side, self.on_error = model, base_url, max_side, on_error
+        self.batch_size = concurrency  # stages size their units of work to keep every slot busy
 
     def describe(self) -> dict:
         return {"backend": self.name, "model": self.model, **({"base_url": self.base_url} if self.base_url else {})}

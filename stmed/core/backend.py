@@ -34,6 +34,10 @@ class HFBackend:
         self.generator = Generator(self.loaded, batch_size, static_cache=static_cache)
 
     @property
+    def batch_size(self) -> int:
+        return self.generator.batch_size
+
+    @property
     def processor(self):
         return self.loaded.processor
 

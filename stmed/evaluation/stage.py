@@ -26,7 +26,7 @@ PROMPT_VERSIONS = {"free": "1", "short": "1"}
 class EvalConfig:
     prompt: str = "free"  # the papers send the question as is; "short" asks for a word or phrase
     max_new_tokens: int = 1024  # LLaVA-Med's model_vqa_med generates up to 1024 tokens, greedily
-    chunk_size: int = 64  # items per unit of work handed to the backend
+    chunk_size: int | None = None  # items per unit of work; default: four full batches
     image_root: Path | None = None
     pad_square: bool = False  # LLaVA-Med trained on padded images but evaluated unpadded
     bootstrap: int = 1000  # resamples for the 95% CIs; 0 turns them off
@@ -62,10 +62,10 @@ def run(cfg: EvalConfig, backend, items: list[Record], errors: ErrorSink, done: 
         tracker=None) -> Iterator[Record]:
     """Each item not yet ``done`` with its greedy prediction and scores, in input order."""
     from stmed.core.generate import GenRequest
-    from stmed.stages.common import chunks, record_image
+    from stmed.stages.common import chunk_size, chunks, record_image
 
     meta = {**backend.describe(), **cfg.sampling().record(), "prompt": cfg.prompt_record(), "stmed": __version__}
-    for chunk in chunks((it for it in items if it["id"] not in done), cfg.chunk_size):
+    for chunk in chunks((it for it in items if it["id"] not in done), chunk_size(cfg.chunk_size, backend)):
         ready: list[tuple[Record, object]] = []
         for item in chunk:
             try:

@@ -11,7 +11,7 @@ from stmed.core.generate import GenRequest, SamplingParams
 from stmed.errors import InputError, RecordError
 from stmed.prompts import Prompt
 from stmed.records import ErrorSink, Record, require
-from stmed.stages.common import chunks, record_image
+from stmed.stages.common import chunk_size, chunks, record_image
 
 
 @dataclass
@@ -23,7 +23,7 @@ class AnswersConfig:
     top_k: int = 100
     top_p: float = 0.95
     max_new_tokens: int = 1024
-    chunk_size: int = 64  # questions per unit of work
+    chunk_size: int | None = None  # questions per unit of work; default: four full batches of samples
     image_root: Path | None = None
     pad_square: bool = False
     system_prompt: Prompt | None = None
@@ -65,7 +65,8 @@ def run(cfg: AnswersConfig, backend, records: list[Record], errors: ErrorSink,
     """Each question record with ``answers`` added, in input order."""
     meta = {**backend.describe(), **cfg.sampling().record(), "stmed": __version__,
             "prompts": {p.name: p.version for p in (cfg.system_prompt, cfg.template) if p is not None}}
-    for chunk in chunks((r for r in records if r["id"] not in done), cfg.chunk_size):
+    size = chunk_size(cfg.chunk_size, backend, len(cfg.sample_seeds))
+    for chunk in chunks((r for r in records if r["id"] not in done), size):
         ready: list[tuple[Record, GenRequest]] = []
         for rec in chunk:
             try:

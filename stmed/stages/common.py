@@ -18,7 +18,9 @@ T = TypeVar("T")
 def record_image(rec: Record, image_root: Path | None = None, pad_square: bool = False):
     """The record's image as RGB (optionally padded square), or RecordError naming file:line."""
     image = rec.get("image")
-    if not isinstance(image, str) or not image:
+    if image is not None and not isinstance(image, str):
+        raise RecordError(f"{rec.where}: field 'image' must be str, got {type(image).__name__}")
+    if not image:
         raise RecordError(f"{rec.where}: missing field 'image'")
     try:
         return _load(str(resolve_path(image, rec.base_dir, image_root)), pad_square)
@@ -38,6 +40,15 @@ def seed_for(base: int, key: str, k: int) -> int:
     across batch sizes, shards and resumed runs."""
     digest = hashlib.sha256(f"{base}\0{key}\0{k}".encode()).digest()
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+def chunk_size(configured: int | None, backend, rows_per_record: int = 1) -> int:
+    """Records per unit of work: enough rows for four full batches, so batch size is never
+    capped by the chunk (the chunk is also what a killed run can lose)."""
+    if configured:
+        return configured
+    batch = getattr(backend, "batch_size", 8)
+    return max(8, -(-4 * batch // max(rows_per_record, 1)))
 
 
 def chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:

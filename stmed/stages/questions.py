@@ -18,7 +18,7 @@ from stmed.core.generate import GenRequest, SamplingParams
 from stmed.errors import InputError, RecordError
 from stmed.images import list_images
 from stmed.records import ErrorSink, Record
-from stmed.stages.common import chunks, record_image, seed_for
+from stmed.stages.common import chunk_size, chunks, record_image, seed_for
 
 STRATEGIES = ("vuser", "instruct")
 
@@ -34,7 +34,7 @@ class QuestionsConfig:
     describe_max_new_tokens: int = 512  # turn 1, greedy as in the paper
     seed: int = 0
     max_tries: int = 3  # sampling rounds to replace empty or duplicate questions
-    chunk_size: int = 32  # images per unit of work (batches form across them)
+    chunk_size: int | None = None  # images per unit of work; default: four full description batches
     image_root: Path | None = None
     pad_square: bool = False
     system_prompt: prompts.Prompt = field(default_factory=lambda: prompts.VUSER_SYSTEM)
@@ -96,7 +96,7 @@ def run(cfg: QuestionsConfig, backend, records: list[Record], errors: ErrorSink,
 
     markers = role_markers(backend.processor) if hasattr(backend, "processor") else []
     todo = [r for r in records if not all(f"{r['id']}:q{k}" in done for k in range(cfg.n))]
-    for chunk in chunks(todo, cfg.chunk_size):
+    for chunk in chunks(todo, chunk_size(cfg.chunk_size, backend)):
         yield from _run_chunk(cfg, backend, chunk, errors, done, markers, tracker)
 
 
