@@ -13,6 +13,14 @@ from stmed.cli.app import app
 PromptFile = Optional[Path]
 
 
+def _nonempty(records: list, source: str) -> list:
+    """An input without a single record is a mistake (a truncated file, an upstream stage that
+    wrote nothing): say so, rather than finish "complete" with an empty output."""
+    if not records:
+        c.fail(f"{'<stdin>' if source == '-' else source}: no records (empty input)")
+    return records
+
+
 @app.command("gen-questions")
 @c.command
 def gen_questions(
@@ -46,7 +54,7 @@ def gen_questions(
         describe_prompt=prompts.get("describe", describe_prompt), ask_prompt=prompts.get("instruct-ask", ask_prompt))
     if backend == "openai" and strategy == "vuser":
         c.fail("--strategy vuser needs raw prompt continuation, which --backend openai cannot do; use --strategy instruct")
-    records = select(c.open_input(input, folder_ok=True), shard=c.parse_shard(shard), limit=limit)
+    records = select(_nonempty(c.open_input(input, folder_ok=True), input), shard=c.parse_shard(shard), limit=limit)
     engine = c.make_backend(backend, c.ModelFlags(model, adapter, device, dtype, trust_remote_code), batch_size=batch_size,
                             base_url=base_url, api_key_env=api_key_env, concurrency=concurrency, static_cache=static_cache)
     return c.run_stage("gen-questions", lambda done, sink, t: questions.run(cfg, engine, records, sink, done, t),
@@ -82,7 +90,7 @@ def answer(
         top_p=top_p, max_new_tokens=max_new_tokens, image_root=image_root, pad_square=pad_square,
         system_prompt=prompts.from_file("system", system_prompt) if system_prompt else None,
         template=prompts.from_file("template", template) if template else None)
-    records = select(c.open_input(input), shard=c.parse_shard(shard), limit=limit)
+    records = select(_nonempty(c.open_input(input), input), shard=c.parse_shard(shard), limit=limit)
     engine = c.make_backend(backend, c.ModelFlags(model, adapter, device, dtype, trust_remote_code), batch_size=batch_size,
                             base_url=base_url, api_key_env=api_key_env, concurrency=concurrency, static_cache=static_cache)
     return c.run_stage("answer", lambda done, sink, t: answers.run(cfg, engine, records, sink, done, t),

@@ -68,7 +68,10 @@ def judge(
         from stmed.backends.openai_client import api_key_from_env
 
         api_key_from_env(api_key_env, base_url)  # a missing key stops here, before any file is opened
-    records = select(read_records(input), shard=c.parse_shard(shard), limit=limit)
+    records = read_records(input)
+    if not records:  # as gen-questions and answer: nothing to judge is a mistake, not a finished run
+        c.fail(f"{'<stdin>' if input == '-' else input}: no records (empty input)")
+    records = select(records, shard=c.parse_shard(shard), limit=limit)
     return judge_session(cfg, records, output=output, skipped=skipped, errors=errors, overwrite=overwrite, quiet=quiet,
                          cache=None if no_cache or backend == "local" else (cache or "default"), prices=table,
                          export=export)

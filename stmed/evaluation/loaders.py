@@ -60,6 +60,8 @@ def make_item(where: str, base: Path, *, id, image, question, answer, answer_typ
     for name, value in (("question", question), ("answer", answer)):
         if value is None or (isinstance(value, str) and not value.strip()):
             raise InputError(f"{where}: missing {name!r}")
+    if not isinstance(question, str):
+        raise InputError(f"{where}: 'question' must be a string, got {type(question).__name__}")
     answer = str(answer).strip()
     item = {"id": str(id), "image": str(image), "question": str(question).strip(), "answer": answer}
     if answer_type is None or str(answer_type).strip() == "":

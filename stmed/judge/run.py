@@ -126,6 +126,8 @@ def question_of(rec) -> str:
     q = rec.get("question")
     if not q and isinstance(rec.get("conversations"), list) and rec["conversations"]:
         q = rec["conversations"][0].get("value", "")  # LLaVA format: first human turn
+    if q is not None and not isinstance(q, str):
+        raise RecordError(f"{rec.where}: field 'question' must be str, got {type(q).__name__}")
     if not isinstance(q, str) or not q.replace("<image>", "").strip():
         raise RecordError(f"{rec.where}: missing field 'question'")
     return q.replace("<image>", "").strip()

@@ -13,6 +13,7 @@ never sit decoded in memory.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -54,8 +55,9 @@ def file_sha256(path: str | Path) -> str:
 
 
 def check_image(record: Record, image_root: Path | None) -> Path:
-    """The image's path, after a cheap header read (decoding waits for training)."""
-    from stmed.images import is_dicom, resolve_path
+    """The image's path, once the image has decoded: a truncated, corrupt or oversized image
+    is this record's error now, not a crash in the middle of training."""
+    from stmed.images import resolve_path
 
     image = record.get("image")
     if not isinstance(image, str) or not image:
@@ -63,20 +65,24 @@ def check_image(record: Record, image_root: Path | None) -> Path:
     path = resolve_path(image, record.base_dir, image_root)
     if not path.is_file():
         raise RecordError(f"{record.where}: image not found: {path}")
-    with open(path, "rb") as f:
-        head = f.read(132)
-    if not is_dicom(path, head):
-        from PIL import Image, UnidentifiedImageError
-
-        try:
-            with Image.open(path) as img:
-                img.size  # noqa: B018  header only
-        except (UnidentifiedImageError, OSError):
-            raise RecordError(f"{record.where}: not a readable image: {path}") from None
+    try:
+        _decodes(str(path))
+    except RecordError as e:
+        raise RecordError(f"{record.where}: {e}") from None
     return path
 
 
+@functools.lru_cache(maxsize=4096)
+def _decodes(path: str) -> None:
+    """Decode an image once (pairs share images); raises ImageError naming the file."""
+    from stmed.images import load_image
+
+    load_image(path)
+
+
 def _text(value, where: str, name: str) -> str:
+    if value is not None and not isinstance(value, str):
+        raise RecordError(f"{where}: field {name} must be str, got {type(value).__name__}")
     if not isinstance(value, str) or not value.strip():
         raise RecordError(f"{where}: empty or missing {name}")
     return value.strip()

@@ -11,9 +11,10 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
+from stmed.errors import InputError
 from stmed.records import ErrorSink
 from stmed.train.common import DPOConfig, load_for_training, lora_config, prepare_outdir, say, trainer_kwargs, write_meta
-from stmed.train.data import file_sha256, load_pairs
+from stmed.train.data import file_sha256, load_pairs, read_any
 
 
 class _Fixed:
@@ -77,6 +78,9 @@ def trainer_class():
 
 def run(cfg: DPOConfig) -> dict:
     """Train on the pairs in ``cfg.data``; returns the summary that the command prints."""
+    # A malformed or empty file stops here: before the slow imports, and before OUTDIR exists.
+    if not read_any(cfg.data):
+        raise InputError(f"{cfg.data}: no records (empty input)")
     import warnings
 
     from transformers import AutoProcessor, PrinterCallback
@@ -97,6 +101,8 @@ def run(cfg: DPOConfig) -> dict:
     finally:
         errors.close()
     say(cfg, f"{len(dataset)} pairs, {errors.count} rejected")
+    if errors.count:
+        say(cfg, f"{errors.count} failed record(s) listed in {errors.path}")
     write_meta(cfg, "dpo", {"path": str(cfg.data), "sha256": file_sha256(cfg.data), "pairs": len(dataset),
                             "rejected": errors.count})
     model, processor = load_for_training(cfg, wrap=False)
