@@ -297,6 +297,112 @@ def test_bad_image_for_inspect(case: Case, images, tiny_model):
     assert proc.stderr.startswith("stmed: error: " + case.sees.replace("{img}", str(image))), proc.stderr
 
 
+
+# ================================================================================================
+# SIGKILL at a random point, then the same command again
+# ================================================================================================
+
+KILL_SEED = 8  # the kill points are random but reproducible; change it to explore others
+
+
+def stage_run(stage: str, folder: Path, tiny: Path, base_url: str) -> tuple[list, set[str], bool]:
+    """(argv without -o, every id the output must hold, whether the output is byte-deterministic);
+    each run's output folder also holds its judge cache (--cache {dir})."""
+    jpgs = sorted(EXAMPLE_IMAGES.glob("*.jpg"))
+    src = folder / "in.jsonl"
+    hf = ("-m", tiny, "--device", "cpu", "--batch-size", "2", "--max-new-tokens", "8")
+    if stage == "gen-questions":  # 8 images a unit of work at batch 2: 8 units
+        rows = [{"id": f"img{i:03d}", "image": str(jpgs[i % len(jpgs)])} for i in range(64)]
+        args, ids = ["gen-questions", src, *hf, "-n", "2", "--describe-max-new-tokens", "8"], \
+            {f"img{i:03d}:q{k}" for i in range(64) for k in range(2)}
+    elif stage == "answer":
+        rows = [{"id": f"q{i:03d}", "image": str(jpgs[i % len(jpgs)]), "question": f"What does region {i} show?"}
+                for i in range(96)]
+        args, ids = ["answer", src, *hf], {r["id"] for r in rows}
+    elif stage == "eval":
+        rows = [{"id": f"e{i:03d}", "image": str(jpgs[i % len(jpgs)]), "question": f"Is region {i} normal?",
+                 "answer": "yes" if i % 3 else "no"} for i in range(160)]
+        args, ids = ["eval", "--bench", "jsonl", "--data", src, *hf, "--bootstrap", "0"], {r["id"] for r in rows}
+    elif stage == "judge":  # 40 records, both orders each, 200 ms a reply, 4 in flight: about 4 s
+        from judge_data import make_records
+
+        make_records(src, 40, seed=1)
+        return (["judge", src, "--backend", "openai", "--base-url", base_url, "--judge-model", "gpt-4o",
+                 "--concurrency", "4", "--cache", "{dir}/cache.sqlite"], {f"q{i}" for i in range(40)}, False)
+    else:
+        raise AssertionError(stage)
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return args, ids, True
+
+
+def judged(out: Path) -> list[dict]:
+    """A judge run's records: pairs and skipped ones together (each input record lands in one)."""
+    return read_jsonl(out) + read_jsonl(out.with_name(out.stem + ".skipped.jsonl"))
+
+
+@pytest.fixture(scope="module")
+def slow_server():
+    with serve(delay=0.2) as srv:
+        yield srv
+
+
+@pytest.mark.parametrize("stage", ["gen-questions", "answer", "judge", "eval"])
+def test_sigkill_at_a_random_point_then_rerun(stage, tiny_model, slow_server, tmp_path):
+    args, ids, deterministic = stage_run(stage, tmp_path, tiny_model, slow_server.base_url)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **FAST, "STMED_HOME": str(tmp_path)}
+    ref_out, out = tmp_path / "reference" / "out.jsonl", tmp_path / "killed" / "out.jsonl"
+    argv_for = lambda o: [str(a).replace("{dir}", str(o.parent)) for a in args] + ["-o", str(o)]  # noqa: E731
+    for o in (ref_out, out):
+        o.parent.mkdir()
+    # The uninterrupted reference runs beside the killed run (one torch thread each, two cores).
+    python = [sys.executable, "-m", "stmed.cli"]
+    reference = subprocess.Popen(python + argv_for(ref_out), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.PIPE)
+    rng = random.Random(f"{KILL_SEED}:{stage}")
+    after_lines, extra = rng.randint(1, len(ids) // 3), rng.uniform(0.0, 0.25)
+    killed = subprocess.Popen(python + argv_for(out), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    try:
+        while not (out.exists() and out.read_bytes().count(b"\n") >= after_lines):
+            assert killed.poll() is None, f"{stage} ended before the kill: {killed.stderr.read().decode()}"
+            assert time.monotonic() < deadline, f"{stage}: fewer than {after_lines} lines after 120 s"
+            time.sleep(0.005)
+        time.sleep(extra)
+        assert killed.poll() is None, f"{stage} finished before the kill ({after_lines} lines + {extra:.2f} s)"
+    finally:
+        killed.kill()
+        killed.wait()
+    assert killed.returncode == -signal.SIGKILL
+    before = out.read_bytes()
+    whole = before[: before.rfind(b"\n") + 1]
+    kept = len(judged(out) if stage == "judge" else whole.splitlines())
+    assert 0 < kept < len(ids), f"the kill at {kept} lines tests no resume"
+
+    # Each record is one write + flush, so a kill rarely tears a line by chance; tear one here, as a
+    # kill in the middle of a write would: the rerun must drop it and redo that record.
+    last = whole.splitlines()[-1]
+    with open(out, "ab") as f:
+        f.write(last[: len(last) // 2])
+    if os.environ.get("STMED_KILL_VERBOSE"):
+        print(f"\n{stage}: killed at {kept}/{len(ids)} records, {len(before) - len(whole)} bytes torn by the kill itself")
+    rerun = run_stmed(*argv_for(out), env={**FAST, "STMED_HOME": str(tmp_path)}, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "Traceback" not in rerun.stderr
+    assert reference.wait(timeout=120) == 0, reference.stderr.read().decode()
+
+    records = judged(out) if stage == "judge" else read_jsonl(out)  # every line whole, valid JSON
+    got = [r["id"] for r in records]
+    assert len(got) == len(set(got)), f"duplicated after resume: {[i for i in got if got.count(i) > 1][:5]}"
+    assert set(got) == ids, f"lost after resume: {sorted(ids - set(got))[:5]}"
+    assert out.read_bytes().startswith(whole), "records finished before the kill were rewritten (or the torn line kept)"
+    if deterministic:  # seeded sampling and greedy decoding: the very bytes of an uninterrupted run
+        assert out.read_bytes() == ref_out.read_bytes(), "resumed output differs from an uninterrupted run"
+    else:  # the judge writes as replies arrive: the same verdict for every record, in any order
+        ref = {r["id"]: (r.get("chosen"), r.get("rejected"), r.get("skip")) for r in judged(ref_out)}
+        assert {r["id"]: (r.get("chosen"), r.get("rejected"), r.get("skip")) for r in records} == ref
+
+
 if __name__ == "__main__":
     if sys.argv[1:] == ["--write-docs"]:
         DOC.write_text(doc_with_table(DOC.read_text(encoding="utf-8")), encoding="utf-8")
