@@ -85,7 +85,6 @@ def load_model(spec: ModelSpec) -> Loaded:
     local = Path(spec.model).expanduser()
     if spec.model.startswith((".", "/", "~")) and not local.exists():  # before the slow imports
         raise InputError(f"-m {spec.model}: no such model folder")
-    import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     _quiet_hf()
@@ -106,7 +105,6 @@ def load_model(spec: ModelSpec) -> Loaded:
     tok.padding_side = "left"  # decoder-only generation needs the prompt flush right
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    torch.set_grad_enabled(False)
     return Loaded(model=model, processor=processor, spec=spec, device=device, dtype=dtype)
 
 
