@@ -50,8 +50,9 @@ for k in $(seq 1 "$ROUNDS"); do
   # shellcheck disable=SC2086
   stage judge "$dir" $STMED judge "$dir/answers.jsonl" --backend "$JUDGE_BACKEND" --judge-model "$JUDGE" $JUDGE_ARGS \
     -o "$dir/pairs.jsonl" --skipped "$dir/skipped.jsonl" --cache "$OUT/judge-cache.sqlite"
+  # --resume: a dpo killed after a checkpoint goes on from it (with none, it starts fresh)
   # shellcheck disable=SC2086
-  stage dpo "$dir" $STMED dpo "$dir/pairs.jsonl" -m "$policy" -o "$dir/dpo" --merge $DPO_ARGS
+  stage dpo "$dir" $STMED dpo "$dir/pairs.jsonl" -m "$policy" -o "$dir/dpo" --merge --resume $DPO_ARGS
   policy=$dir/dpo/merged
 done
 echo "selftrain: done; final model $policy" >&2
