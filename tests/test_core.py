@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import re
 import sys
 from pathlib import Path
 
@@ -241,3 +242,18 @@ def test_other_errors_are_not_swallowed(loaded, images, monkeypatch):
     monkeypatch.setattr(loaded.model, "generate", generate)
     with pytest.raises(RuntimeError, match="shape mismatch"):
         list(Generator(loaded, 8).run(requests(images), GREEDY))
+
+
+def test_stop_strings_end_a_sample_early(loaded, images):
+    from stmed.core.generate import Generator
+
+    reqs = requests(images)[:2]
+    full = dict(Generator(loaded, 2).run(reqs, SamplingParams(max_new_tokens=24)))
+    text = full[0].texts[0]
+    # Byte-level BPE on a random model leaves partial characters; stop on a plain word in the text.
+    words = [m.group() for m in re.finditer(r"[A-Za-z]{3,}", text) if m.start() > 0]
+    assert words, f"need a plain word after the start of the greedy sample: {text!r}"
+    stop = words[0]
+    cut = dict(Generator(loaded, 2).run(reqs, SamplingParams(max_new_tokens=24, stop=(stop,))))
+    assert cut[0].texts[0] == text[: text.find(stop)].strip(), "text must end right before the stop string"
+    assert cut[0].tokens[0] < full[0].tokens[0], "generation must stop at the stop string, not run on"

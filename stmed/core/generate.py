@@ -24,7 +24,7 @@ class SamplingParams:
     top_k: int = 0  # 0 means no top-k filter
     top_p: float = 1.0
     ignore_eos: bool = False  # benchmarks: always generate max_new_tokens
-    stop: tuple[str, ...] = ()  # text is cut at the first of these
+    stop: tuple[str, ...] = ()  # a sample ends at the first of these (its text is cut there)
 
     @property
     def greedy(self) -> bool:
@@ -167,6 +167,8 @@ class Generator:
             gen_kwargs["min_new_tokens"] = params.max_new_tokens
         if self.static_cache:
             gen_kwargs["cache_implementation"] = "static"
+        if params.stop:  # e.g. a self-asked question ends where the next role header begins
+            gen_kwargs.update(stop_strings=list(params.stop), tokenizer=self.tok)
         if not params.greedy:
             seeds = [0 if s is None else s for _, _, s in batch]
             gen_kwargs["logits_processor"] = [SeededSampler(seeds, params, prompt_len, loaded.device)]
@@ -174,10 +176,11 @@ class Generator:
             out = loaded.model.generate(**enc, **gen_kwargs)
         new = out[:real, prompt_len:]
         results = []
+        ends = {self.tok.eos_token_id, self.tok.pad_token_id}  # finished rows are padded after their end
         for row in new.tolist():
             n = len(row)
-            if self.tok.eos_token_id in row and not params.ignore_eos:
-                n = row.index(self.tok.eos_token_id)
+            if not params.ignore_eos:
+                n = next((k for k, t in enumerate(row) if t in ends), n)
             text = self.tok.decode(row[:n], skip_special_tokens=True)
             results.append((cut_at_stop(text, params.stop), n))
         return results

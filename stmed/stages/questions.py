@@ -47,8 +47,8 @@ class QuestionsConfig:
         if self.n < 1 or self.max_tries < 1:
             raise InputError("-n and --max-tries must be at least 1")
 
-    def sampling(self) -> SamplingParams:
-        return SamplingParams(self.max_new_tokens, self.temperature, self.top_k, self.top_p)
+    def sampling(self, stop: tuple[str, ...] = ()) -> SamplingParams:
+        return SamplingParams(self.max_new_tokens, self.temperature, self.top_k, self.top_p, stop=stop)
 
 
 def image_records(folder: Path) -> list[Record]:
@@ -138,7 +138,8 @@ def _run_chunk(cfg, backend, chunk, errors, done, markers, tracker) -> Iterator[
             seeds = [seed_for(cfg.seed, chunk[i]["id"], drawn[i] + s) for s in range(missing)]
             drawn[i] += missing
             reqs.append(_ask_request(cfg, descriptions[i], images[i], seeds))
-        for j, out in backend.generate(reqs, cfg.sampling()):
+        # Stop at the next role header: a question is one turn, and the tokens after it are waste.
+        for j, out in backend.generate(reqs, cfg.sampling(tuple(markers))):
             i = need[j]
             if isinstance(out, Exception):
                 dropped[i] += len(reqs[j].seeds)  # counted as dropped; later rounds may still succeed
