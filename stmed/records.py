@@ -108,6 +108,26 @@ def require(record: Record, *fields: str, types: dict[str, type] | None = None) 
             raise RecordError(f"{record.where}: field {f!r} must be {want.__name__}, got {type(value).__name__}")
 
 
+def answer_texts(record: Record) -> list[str]:
+    """``answers`` as strings or {"text"} objects (what ``stmed answer`` writes), or
+    answer_1..answer_k / answer1..answerk fields; RecordError for any other shape."""
+    from stmed.errors import RecordError
+
+    raw = record.get("answers")
+    if raw is None:
+        raw = [record[k] for k in (f"answer_{i}" for i in range(1, 10)) if k in record] or \
+              [record[k] for k in (f"answer{i}" for i in range(1, 10)) if k in record]
+    if not isinstance(raw, list):
+        raise RecordError(f"{record.where}: 'answers' must be a list")
+    out = []
+    for a in raw:
+        text = a.get("text") if isinstance(a, dict) else a
+        if not isinstance(text, str):
+            raise RecordError(f"{record.where}: every answer must be a string or an object with 'text'")
+        out.append(text)
+    return out
+
+
 def scan_output(path: Path, key: str = "id") -> set[str]:
     """Keys already in an output file; repairs a torn last line left by a killed run."""
     if not path.exists() or path.stat().st_size == 0:
@@ -176,12 +196,17 @@ class RecordWriter:
         self.close()
 
 
-def default_errors_path(output: str | Path | None) -> Path | None:
+def sibling_path(output: str | Path | None, suffix: str) -> Path | None:
+    """``q.jsonl`` -> ``q<suffix>`` beside it (``q.txt`` -> ``q.txt<suffix>``); None for stdout."""
     if output in (None, STDIO):
         return None
     out = Path(output)
     stem = out.name[: -len(".jsonl")] if out.name.endswith(".jsonl") else out.name
-    return out.with_name(stem + ".errors.jsonl")
+    return out.with_name(stem + suffix)
+
+
+def default_errors_path(output: str | Path | None) -> Path | None:
+    return sibling_path(output, ".errors.jsonl")
 
 
 class ErrorSink:

@@ -193,3 +193,23 @@ def test_missing_key_and_bad_flags_stop_before_any_output(tmp_path, monkeypatch)
     (tmp_path / "bad.jsonl").write_text('{"id": 1}\n{oops\n')
     r = run_stmed("judge", tmp_path / "bad.jsonl", "--base-url", "http://127.0.0.1:9/v1", env=env)
     assert r.returncode == 2 and "bad.jsonl:2: not valid JSON" in r.stderr
+
+
+def test_cache_key_depends_on_the_server_but_never_on_the_key():
+    from stmed.backends import ChatRequest
+
+    req = ChatRequest([{"role": "user", "content": "Which answer is better?"}], image_sha="ab" * 32)
+    a = req.cache_key("llava-med", "http://10.0.0.1:8000/v1")
+    b = req.cache_key("llava-med", "http://10.0.0.2:8000/v1")
+    assert a != b, "two servers serving one model name must not share cached verdicts"
+    assert req.cache_key("llava-med", "http://10.0.0.1:8000/v1/") == a, "a trailing slash is the same server"
+    assert req.cache_key("gpt-4o") == req.cache_key("gpt-4o", None)
+
+
+def test_a_new_server_does_not_reuse_cached_verdicts(tmp_path):
+    inp = tmp_path / "answers.jsonl"
+    make_records(inp, 3)
+    with serve() as first, serve() as second:  # same model name, two servers (two ports), one cache file
+        assert judge(tmp_path, first, inp, out="a.jsonl") == 0
+        assert judge(tmp_path, second, inp, out="b.jsonl") == 0
+        assert second.stats.chat == 6, "verdicts cached from the first server were reused"

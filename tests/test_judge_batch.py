@@ -9,7 +9,7 @@ import pytest
 
 from judge_data import make_records, read_jsonl
 from openai_server import serve
-from stmed.judge.batch import read_outputs, write_request_files
+from stmed.judge.batch import custom_id, read_outputs, write_request_files
 from stmed.judge.cost import PRICES
 from stmed.judge.run import JudgeConfig
 from stmed.judge.session import judge_session
@@ -86,7 +86,9 @@ def test_missing_replies_and_cache(tmp_path):
         assert srv.stats.chat == n and "POST /v1/batches" not in srv.stats.by_path
     assert comparable(tmp_path / "cached.jsonl") == comparable(tmp_path / "warm.jsonl")
     partial = tmp_path / "partial.jsonl"
-    partial.write_text('{"custom_id": "q0#1>2", "response": {"status_code": 500, "body": {"error": {"message": "boom"}}}, "error": null}\n')
+    failed = {"custom_id": custom_id("q0", (0, 1)), "error": None,
+              "response": {"status_code": 500, "body": {"error": {"message": "boom"}}}}
+    partial.write_text(json.dumps(failed) + "\n")
     assert run(tmp_path, srv, inp, "part.jsonl", backend="batch", collect=[str(partial)]) == 1
     errors = read_jsonl(tmp_path / "part.errors.jsonl")
     assert len(errors) == 6 and not read_jsonl(tmp_path / "part.jsonl")
@@ -104,3 +106,39 @@ def test_request_files_split_by_count_and_bytes(tmp_path):
 
     with pytest.raises(InputError, match="bad.jsonl:2"):
         read_outputs([bad])
+
+
+def test_custom_ids_carry_no_record_id_or_path_and_collect_still_joins(tmp_path):
+    """Record ids default to "<image path>:<line>": the Batch API must see neither."""
+    inp = tmp_path / "answers.jsonl"
+    rows = make_records(inp, 4)
+    inp.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "id"}) + "\n" for r in rows))
+    records = read_records(inp)
+    assert all(str(r["image"]) in r["id"] for r in records), "ids should default to the image path"
+    with serve() as srv:
+        assert run(tmp_path, srv, inp, "p.jsonl", backend="batch", prepare_only=True) == 0
+        (req,) = (tmp_path / "p.batch").glob("requests-*.jsonl")
+        ids = [json.loads(x)["custom_id"] for x in req.read_text().splitlines()]
+        assert len(ids) == 8
+        for cid in ids:
+            assert not any(r["id"] in cid or str(r["image"]) in cid or Path(r["image"]).name in cid
+                           for r in records), f"custom_id {cid!r} leaks a record id or path"
+        # a fresh process (no in-memory state) joins the replies by what it derives from the records
+        srv.new_file(req.read_bytes(), "batch", "in.jsonl")
+        batch = {"input_file_id": "file-0001"}
+        srv.run_batch(batch)
+        out = tmp_path / "out.jsonl"
+        out.write_bytes(srv.files[batch["output_file_id"]]["_data"])
+    assert run(tmp_path, srv, inp, "p.jsonl", backend="batch", collect=[str(out)]) == 0
+    assert len(read_jsonl(tmp_path / "p.jsonl")) + len(read_jsonl(tmp_path / "p.skipped.jsonl")) == 4
+
+
+def test_prepare_only_with_a_failed_record_exits_1(tmp_path):
+    inp = tmp_path / "answers.jsonl"
+    make_records(inp, 3)
+    with open(inp, "a") as f:
+        f.write(json.dumps({"id": "noimg", "image": "missing.jpg", "question": "q?", "answers": ["a b", "c"]}) + "\n")
+    with serve() as srv:
+        assert run(tmp_path, srv, inp, "p.jsonl", backend="batch", prepare_only=True) == 1
+    assert [e["id"] for e in read_jsonl(tmp_path / "p.errors.jsonl")] == ["noimg"]
+    assert len(next((tmp_path / "p.batch").glob("requests-*.jsonl")).read_text().splitlines()) == 6

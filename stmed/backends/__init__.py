@@ -61,9 +61,14 @@ class ChatRequest:
                 p[k] = getattr(self, k)
         return {**p, **(self.extra_body or {})}
 
-    def cache_key(self, model: str) -> str:
-        """sha256 of (model, messages with the image's hash, parameters): no bytes, no secrets."""
+    def cache_key(self, model: str, base_url: str | None = None) -> str:
+        """sha256 of (server, model, messages with the image's hash, parameters): no bytes, no secrets.
+
+        Two servers may serve different weights under one model name, so the base URL is part of
+        the key; None (api.openai.com) leaves it out, which keeps keys from before this change."""
         body = {"model": model, "messages": self.messages, "image": self.image_sha, "params": self.params()}
+        if base_url:
+            body["base_url"] = base_url.rstrip("/")
         return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 

@@ -1,8 +1,9 @@
 """The OpenAI Batch API backend: request files out, replies in, the same pairs as ``openai``.
 
 1. Prepare every record as the online path would; replies already in the cache are used as is.
-2. Write the missing requests as Batch API JSONL (``custom_id`` = record id ``#`` order, e.g.
-   ``q7#2>1``), split by request count and bytes. ``--prepare-only`` stops here; the same files
+2. Write the missing requests as Batch API JSONL (``custom_id`` = the first 16 hex digits of the
+   record id's sha256 ``#`` order, e.g. ``3f1c9a0b5d2e7f41#2>1``: never the id, which may be a
+   file path), split by request count and bytes. ``--prepare-only`` stops here; the same files
    run under ``vllm run-batch``.
 3. Upload each file, create a batch, poll until it ends (state.json remembers the batch ids, so
    a killed run resumes polling instead of paying again), download output and error files.
@@ -21,9 +22,9 @@ from pathlib import Path
 
 from stmed.backends import ChatResult, Usage
 from stmed.backends.openai_client import api_key_from_env, describe, is_transient, redact, request_body
-from stmed.errors import InputError, RecordError
+from stmed.errors import InputError
 from stmed.judge.cost import JudgeStats
-from stmed.judge.run import JudgeConfig, Outcome, decide, judgement_from, orders, outcome, prepare, quick_verdict, request_for
+from stmed.judge.run import JudgeConfig, Outcome, decide, judgement_from, orders, outcome, prepare_or_decide, request_for
 from stmed.records import dumps
 
 ENDPOINT = "/v1/chat/completions"
@@ -31,7 +32,11 @@ TERMINAL = {"completed", "failed", "expired", "cancelled"}
 
 
 def custom_id(rec_id: str, order: tuple[int, int]) -> str:
-    return f"{rec_id}#{order[0] + 1}>{order[1] + 1}"
+    """An opaque id for one request: record ids often hold file paths (``<image path>:<line>``),
+    which the judge never sends. It is derived from the record id alone, so replies in any output
+    file (``--collect``, ``vllm run-batch``) join back to the input records without other state."""
+    digest = hashlib.sha256(str(rec_id).encode("utf-8")).hexdigest()[:16]
+    return f"{digest}#{order[0] + 1}>{order[1] + 1}"
 
 
 def write_request_files(lines: Iterable[str], folder: Path, max_requests: int, max_bytes: int) -> list[Path]:
@@ -95,25 +100,21 @@ def run_batch(cfg: JudgeConfig, records: list, stats: JudgeStats, cache) -> Iter
     spool_path = folder / "pending.tmp"
     spool, n_lines = open(spool_path, "w", encoding="utf-8"), 0
     for rec in records:
-        try:
-            prep = prepare(rec, cfg)
-        except RecordError as e:
-            msg = str(e)
-            yield Outcome("failed", rec, msg if msg.startswith(rec.where) else f"{rec.where}: {msg}")
-            continue
-        if (quick := quick_verdict(prep, cfg)) is not None:
-            yield outcome(prep, quick, [], cfg, stats)
+        prep = prepare_or_decide(rec, cfg, stats)
+        if isinstance(prep, Outcome):
+            yield prep
             continue
         plan = {}
         for order in orders(len(prep.answers), cfg.policy):
             req = request_for(prep, order, cfg)
-            hit = cache.get(req.cache_key(cfg.judge_model))
+            key = req.cache_key(cfg.judge_model, cfg.base_url)
+            hit = cache.get(key)
             if hit is not None and (j := judgement_from(order, hit.text, "cache")) is not None:
                 stats.cache_hits += 1
                 plan[order] = j
                 continue
             cid = custom_id(prep.record["id"], order)
-            plan[order] = (cid, req.cache_key(cfg.judge_model))
+            plan[order] = (cid, key)
             spool.write(dumps({"custom_id": cid, "method": "POST", "url": ENDPOINT, "body": request_body(req, cfg.judge_model)}) + "\n")
             n_lines += 1
         prep.image_url = None  # the request line holds the pixels now; keep memory flat

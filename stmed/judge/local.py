@@ -12,9 +12,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 
-from stmed.errors import RecordError
 from stmed.judge.cost import JudgeStats
-from stmed.judge.run import JudgeConfig, Judgement, Outcome, decide, judgement_from, orders, outcome, prepare, quick_verdict
+from stmed.judge.run import JudgeConfig, Judgement, Outcome, decide, judgement_from, orders, outcome, prepare_or_decide
 from stmed.judge.prompt import JudgePrompt
 
 SEED = 0  # sampling judges (temperature > 0) draw from this seed, so a rerun gives the same verdicts
@@ -39,14 +38,9 @@ def run_local(cfg: JudgeConfig, records: list, stats: JudgeStats) -> Iterator[Ou
     for start in range(0, len(records), chunk_size):
         preps = []
         for rec in records[start:start + chunk_size]:
-            try:
-                prep = prepare(rec, cfg, keep_image=True)
-            except RecordError as e:
-                msg = str(e)
-                yield Outcome("failed", rec, msg if msg.startswith(rec.where) else f"{rec.where}: {msg}")
-                continue
-            if (quick := quick_verdict(prep, cfg)) is not None:
-                yield outcome(prep, quick, [], cfg, stats)
+            prep = prepare_or_decide(rec, cfg, stats, keep_image=True)
+            if isinstance(prep, Outcome):
+                yield prep
             else:
                 preps.append(prep)
         jobs = [(p, o) for p in preps for o in orders(len(p.answers), cfg.policy)]

@@ -20,6 +20,7 @@ from stmed.images import encode_for_api, load_image, resolve_path
 from stmed.judge.cost import JudgeStats
 from stmed.judge.prompt import JudgePrompt
 from stmed.judge.verdict import POLICIES, Judgement, Verdict, decide, orders, parse_scores
+from stmed.records import answer_texts
 
 BACKENDS = ("openai", "batch", "local")
 
@@ -104,19 +105,8 @@ class Prepared:
 
 
 def answers_of(rec) -> list[str]:
-    """``answers`` as strings or {"text"} objects, or answer_1..answer_k / answer1..answerk fields."""
-    raw = rec.get("answers")
-    if raw is None:
-        raw = [rec[k] for k in (f"answer_{i}" for i in range(1, 10)) if k in rec] or \
-              [rec[k] for k in (f"answer{i}" for i in range(1, 10)) if k in rec]
-    if not isinstance(raw, list):
-        raise RecordError(f"{rec.where}: 'answers' must be a list")
-    out = []
-    for a in raw:
-        text = a.get("text") if isinstance(a, dict) else a
-        if not isinstance(text, str):
-            raise RecordError(f"{rec.where}: every answer must be a string or an object with 'text'")
-        out.append(text)
+    """The record's answers (see ``records.answer_texts``): at least two, to have a pair to judge."""
+    out = answer_texts(rec)
     if len(out) < 2:
         raise RecordError(f"{rec.where}: needs at least 2 answers to judge, has {len(out)}")
     return out
@@ -163,6 +153,22 @@ def quick_verdict(prep: Prepared, cfg: JudgeConfig) -> Verdict | None:
     if cfg.policy == "swap" and len(set(a.strip() for a in prep.answers)) == 1:
         return Verdict("skipped", reason="identical-answers")
     return None
+
+
+def failed(rec, error: Exception) -> Outcome:
+    msg = str(error)
+    return Outcome("failed", rec, msg if msg.startswith(rec.where) else f"{rec.where}: {msg}")
+
+
+def prepare_or_decide(rec, cfg: JudgeConfig, stats: JudgeStats, *, keep_image: bool = False) -> Prepared | Outcome:
+    """The record prepared for asking, or its Outcome when no request is needed: it could not be
+    prepared (failed) or its answers decide it already (``quick_verdict``). Every backend starts here."""
+    try:
+        prep = prepare(rec, cfg, keep_image=keep_image)
+    except RecordError as e:
+        return failed(rec, e)
+    quick = quick_verdict(prep, cfg)
+    return prep if quick is None else outcome(prep, quick, [], cfg, stats)
 
 
 def outcome(prep: Prepared, v: Verdict, judgements: list[Judgement], cfg: JudgeConfig, stats: JudgeStats) -> Outcome:
@@ -215,7 +221,7 @@ def run(cfg: JudgeConfig, records: list, stats: JudgeStats | None = None, *, cac
 
 async def _ask(prep: Prepared, order, cfg, stats: JudgeStats, backend, cache) -> Judgement:
     req = request_for(prep, order, cfg)
-    key = req.cache_key(cfg.judge_model)
+    key = req.cache_key(cfg.judge_model, cfg.base_url)
     hit = cache.get(key)
     if hit is not None and (j := judgement_from(order, hit.text, "cache")) is not None:
         stats.cache_hits += 1
@@ -234,10 +240,9 @@ async def _ask(prep: Prepared, order, cfg, stats: JudgeStats, backend, cache) ->
 
 async def _judge_record(rec, cfg, stats, backend, cache) -> Outcome:
     try:
-        prep = await asyncio.to_thread(prepare, rec, cfg)
-        quick = quick_verdict(prep, cfg)
-        if quick is not None:
-            return outcome(prep, quick, [], cfg, stats)
+        prep = await asyncio.to_thread(prepare_or_decide, rec, cfg, stats)
+        if isinstance(prep, Outcome):
+            return prep
         tasks = [asyncio.ensure_future(_ask(prep, o, cfg, stats, backend, cache)) for o in orders(len(prep.answers), cfg.policy)]
         try:
             judgements = await asyncio.gather(*tasks)
@@ -248,8 +253,7 @@ async def _judge_record(rec, cfg, stats, backend, cache) -> Outcome:
     except Unparseable as e:
         return Outcome("failed", rec, str(e), raw=[e.raw])
     except RecordError as e:
-        msg = str(e)
-        return Outcome("failed", rec, msg if msg.startswith(rec.where) else f"{rec.where}: {msg}")
+        return failed(rec, e)
 
 
 async def _online(cfg, records, stats, backend, cache) -> AsyncIterator[Outcome]:

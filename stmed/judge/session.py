@@ -17,22 +17,14 @@ from stmed.errors import EXIT_OK, EXIT_SOME_FAILED
 from stmed.judge.cost import JudgeStats
 from stmed.judge.run import JudgeConfig, run
 from stmed.progress import track
-from stmed.records import STDIO, ErrorSink, RecordWriter, default_errors_path
-
-
-def side_path(output: str | None, suffix: str) -> Path | None:
-    if output in (None, STDIO):
-        return None
-    out = Path(output)
-    stem = out.name[: -len(".jsonl")] if out.name.endswith(".jsonl") else out.name
-    return out.with_name(stem + suffix)
+from stmed.records import STDIO, ErrorSink, RecordWriter, default_errors_path, sibling_path
 
 
 def judge_session(cfg: JudgeConfig, records: list, *, output: str | None, skipped: str | None, errors: str | None,
                   overwrite: bool, quiet: bool, cache, prices: dict, export: str | None = None) -> int:
-    skipped_path = skipped or side_path(output, ".skipped.jsonl")
+    skipped_path = skipped or sibling_path(output, ".skipped.jsonl")
     if cfg.backend == "batch" and cfg.batch_dir is None:
-        cfg.batch_dir = side_path(output, ".batch") or Path("stmed-judge.batch")
+        cfg.batch_dir = sibling_path(output, ".batch") or Path("stmed-judge.batch")
     pairs = RecordWriter(output, overwrite=overwrite)
     skips = RecordWriter(skipped_path, overwrite=overwrite) if skipped_path else None
     done = pairs.done | (skips.done if skips else set())
@@ -65,11 +57,11 @@ def judge_session(cfg: JudgeConfig, records: list, *, output: str | None, skippe
         sink.close()
         if store is not None:
             store.close()
-    if cfg.prepare_only:
-        return EXIT_OK
-    _write_meta(side_path(output, ".meta.json"), cfg, stats, prices, tracker.counts, time.perf_counter() - started)
+    if cfg.prepare_only:  # records that could not be prepared have no request: say so in the exit code
+        return EXIT_SOME_FAILED if sink.count else EXIT_OK
+    _write_meta(sibling_path(output, ".meta.json"), cfg, stats, prices, tracker.counts, time.perf_counter() - started)
     if export == "stllava" and output not in (None, STDIO):
-        export_stllava(Path(output), side_path(output, ".stllava.json"))
+        export_stllava(Path(output), sibling_path(output, ".stllava.json"))
     if sink.count and sink.path is not None and not quiet:
         print(f"stmed judge: {sink.count} failed record(s) listed in {sink.path}", file=sys.stderr)
     return EXIT_SOME_FAILED if sink.count else EXIT_OK
