@@ -79,7 +79,6 @@ def test_tiny_model_saved_and_loaded_back(tiny_model, loaded):
     tok = loaded.tokenizer
     assert tok.padding_side == "left" and tok.pad_token is not None
     assert loaded.describe() == {"model": str(tiny_model), "adapter": None, "dtype": "float32"}
-    assert load_model(ModelSpec(str(tiny_model), device="cpu")) is loaded, "loaded once per process"
 
 
 def test_tiny_model_build_is_deterministic(tiny_model, tmp_path):
@@ -257,3 +256,54 @@ def test_stop_strings_end_a_sample_early(loaded, images):
     cut = dict(Generator(loaded, 2).run(reqs, SamplingParams(max_new_tokens=24, stop=(stop,))))
     assert cut[0].texts[0] == text[: text.find(stop)].strip(), "text must end right before the stop string"
     assert cut[0].tokens[0] < full[0].tokens[0], "generation must stop at the stop string, not run on"
+
+
+def test_choice_tokens_are_told_apart_by_a_sentencepiece_style_tokenizer():
+    """Llama's tokenizer encodes a lone "1" as ["▁", "1"]: first tokens alone would tie "1" and "2"."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from stmed.core.generate import _divergence
+
+    raw = Tokenizer(models.BPE(unk_token="<unk>"))
+    raw.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
+    raw.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
+    raw.train_from_iterator(["ASSISTANT: answer one is better than answer two"] * 5,
+                            trainers.BpeTrainer(vocab_size=120, special_tokens=["<unk>"],
+                                                initial_alphabet=list("0123456789\u2581")))
+    tok = PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="<unk>")
+    lone = [tok("1", add_special_tokens=False)["input_ids"], tok("2", add_special_tokens=False)["input_ids"]]
+    assert lone[0][0] == lone[1][0], "precondition: a lone digit starts with the same word-boundary token"
+    drop, ids = _divergence(tok, "USER: which is better? ASSISTANT:", ["1", "2"])
+    assert drop == 1 and ids[0] != ids[1]
+    assert tok.convert_ids_to_tokens(ids) == ["1", "2"]
+
+
+def test_choice_logprobs_on_the_tiny_model(loaded, images):
+    import math
+
+    from stmed.core.generate import choice_logprobs
+
+    reqs = requests(images)[:3]
+    scores = choice_logprobs(loaded, reqs, ["1", "2"], batch_size=2)
+    assert len(scores) == 3 and all(set(s) == {"1", "2"} for s in scores)
+    assert all(s["1"] != s["2"] and all(v < 0 and math.isfinite(v) for v in s.values()) for s in scores)
+
+
+def test_a_request_the_model_fails_on_is_isolated(loaded, images, monkeypatch):
+    """With isolate_failures, a non-memory error is narrowed down to its request; the rest finish."""
+    reqs = requests(images)
+    expected = run(loaded, reqs, SamplingParams(max_new_tokens=6), 8)
+    real = Generator._run_batch
+
+    def failing(self, batch, requests_, prompts, params):
+        if any(i == 2 for i, _, _ in batch):
+            raise ValueError("cannot process this image")
+        return real(self, batch, requests_, prompts, params)
+
+    monkeypatch.setattr(Generator, "_run_batch", failing)
+    out = dict(Generator(loaded, 8, isolate_failures=True).run(reqs, SamplingParams(max_new_tokens=6)))
+    assert isinstance(out[2], Exception) and "cannot process this image" in str(out[2])
+    assert [out[i].texts for i in range(len(reqs)) if i != 2] == [t for i, t in enumerate(expected) if i != 2]
+    with pytest.raises(ValueError):  # without it, the error is the run's (a bug shows its traceback)
+        list(Generator(loaded, 8).run(reqs, SamplingParams(max_new_tokens=6)))

@@ -143,7 +143,8 @@ def make_backend(backend: str, flags: ModelFlags, *, batch_size: int, base_url: 
     if backend == "hf":
         from stmed.core.backend import HFBackend
 
-        return HFBackend(flags.spec(), batch_size=batch_size, static_cache=static_cache)
+        # A record the model fails on becomes that record's error (the stages report it), as with openai.
+        return HFBackend(flags.spec(), batch_size=batch_size, static_cache=static_cache, isolate_failures=True)
     if backend == "openai":
         if not base_url and not flags.model:
             fail("--backend openai needs -m MODEL (the served model's name)")

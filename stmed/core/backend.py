@@ -27,11 +27,12 @@ class HFBackend:
     name = "hf"
     continues_as_user = True
 
-    def __init__(self, spec, batch_size: int = 8, static_cache: bool = False):
+    def __init__(self, spec, batch_size: int = 8, static_cache: bool = False, isolate_failures: bool = False):
         from stmed.core.model import load_model
 
         self.loaded = load_model(spec)
-        self.generator = Generator(self.loaded, batch_size, static_cache=static_cache)
+        self.generator = Generator(self.loaded, batch_size, static_cache=static_cache,
+                                   isolate_failures=isolate_failures)
 
     @property
     def batch_size(self) -> int:

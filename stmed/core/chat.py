@@ -84,14 +84,22 @@ def render_turns(processor, messages: list[dict], *, with_image: bool = True) ->
 
 
 def role_markers(processor) -> list[str]:
-    """Strings that open a new turn in this template: generation stops there and is cut there."""
-    a = render(processor, [{"role": "user", "content": "x"}], with_image=False, continue_as="assistant")
-    u = render(processor, [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}],
+    """Text that opens the next turn in this template: a sample stops there and is cut there.
+
+    Found by rendering sentinel turns and reading what follows them, with special tokens taken
+    out (decoded text never shows them). A bare role word such as ChatML's "assistant" is left
+    out: it would cut ordinary sentences, and such templates end a turn with an end-of-turn token.
+    """
+    first, second = "\u2063STMED-A\u2063", "\u2063STMED-B\u2063"
+    a = render(processor, [{"role": "user", "content": first}], with_image=False, continue_as="assistant")
+    u = render(processor, [{"role": "user", "content": first}, {"role": "assistant", "content": second}],
                with_image=False, continue_as="user")
     tok = getattr(processor, "tokenizer", processor)
     markers = set()
-    for m in (a.split("x", 1)[-1], u.split("y", 1)[-1]):
+    for m in (a.rsplit(first, 1)[-1], u.rsplit(second, 1)[-1]):
         for special in getattr(tok, "all_special_tokens", []):
             m = m.replace(special, " ")
-        markers.add(m.strip())
-    return sorted((m for m in markers if m), key=len, reverse=True)
+        m = m.strip()
+        if m and not m.isalpha():
+            markers.add(m)
+    return sorted(markers, key=len, reverse=True)

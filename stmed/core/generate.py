@@ -97,8 +97,12 @@ def _is_oom(err: BaseException) -> bool:
 class Generator:
     """Runs requests through a loaded model in batches; ``batch_size`` shrinks on OOM."""
 
-    def __init__(self, loaded, batch_size: int = 8, *, static_cache: bool = False):
+    def __init__(self, loaded, batch_size: int = 8, *, static_cache: bool = False, isolate_failures: bool = False):
         self.loaded, self.batch_size, self.static_cache = loaded, batch_size, static_cache
+        # isolate_failures: a batch that fails for a reason other than memory is split until the
+        # failing request is alone, which is then yielded as its exception (the stage reports
+        # that record and goes on) instead of ending the run.
+        self.isolate_failures = isolate_failures
         self.tok = loaded.tokenizer
 
     def prompt_of(self, req: GenRequest) -> str:
@@ -106,8 +110,9 @@ class Generator:
             return req.prompt
         return render(self.loaded.processor, req.messages, with_image=req.image is not None, continue_as=req.continue_as)
 
-    def run(self, requests: Sequence[GenRequest], params: SamplingParams) -> Iterator[tuple[int, GenOutput]]:
-        """Yields (request index, output) as each request's samples are all done."""
+    def run(self, requests: Sequence[GenRequest], params: SamplingParams) -> Iterator[tuple[int, GenOutput | Exception]]:
+        """Yields (request index, output) as each request's samples are all done (with
+        ``isolate_failures``, the exception instead of the output for a request that failed)."""
         prompts = [self.prompt_of(r) for r in requests]
         rows = [(i, k, seed) for i, r in enumerate(requests) for k, seed in enumerate(r.seeds)]
         lengths = [len(self.tok(p, add_special_tokens=False)["input_ids"]) for p in prompts]
@@ -124,13 +129,23 @@ class Generator:
             for (i, k, _), (text, n) in zip(batch, self._run_split(batch, requests, prompts, params)):
                 pending[i][k], counts[i][k] = text, n
                 if all(t is not None for t in pending[i]):
-                    yield i, GenOutput(pending.pop(i), counts.pop(i))
+                    texts, tokens = pending.pop(i), counts.pop(i)
+                    failed = next((t for t in texts if isinstance(t, Exception)), None)
+                    yield i, failed if failed is not None else GenOutput(texts, tokens)
 
-    def _run_split(self, batch, requests, prompts, params) -> list[tuple[str, int]]:
+    def _run_split(self, batch, requests, prompts, params) -> list[tuple[str | Exception, int]]:
         try:
             return self._run_batch(batch, requests, prompts, params)
-        except (RuntimeError, MemoryError) as err:
-            if not _is_oom(err) or len(batch) == 1:
+        except (RuntimeError, MemoryError, ValueError) as err:
+            if not _is_oom(err):
+                if not self.isolate_failures:
+                    raise
+                if len(batch) == 1:
+                    return [(RuntimeError(f"the model failed on this input ({type(err).__name__}: {err})"), 0)]
+                half = len(batch) // 2
+                return (self._run_split(batch[:half], requests, prompts, params)
+                        + self._run_split(batch[half:], requests, prompts, params))
+            if len(batch) == 1:
                 raise
             import torch
 
@@ -201,24 +216,45 @@ def generate(loaded, requests: Sequence[GenRequest], params: SamplingParams, bat
     return Generator(loaded, batch_size, **kwargs).run(requests, params)
 
 
+def _divergence(tok, prompt: str, choices: Sequence[str]) -> tuple[int, list[int]]:
+    """(tokens after the shared prefix in prompt+choices[0], each choice's first own token).
+
+    Tokenizing the choice after the prompt, not alone, matters: a SentencePiece tokenizer
+    encodes a lone "1" as ["▁", "1"], so the first tokens of "1" and "2" would be the same."""
+    seqs = [tok(prompt + c, add_special_tokens=False)["input_ids"] for c in choices]
+    d = 0
+    while all(d < len(s) for s in seqs) and len({s[d] for s in seqs}) == 1:
+        d += 1
+    if any(d >= len(s) for s in seqs):
+        raise ValueError(f"choices {list(choices)} are not told apart by this tokenizer")
+    return len(seqs[0]) - d, [s[d] for s in seqs]
+
+
 def choice_logprobs(loaded, requests: Sequence[GenRequest], choices: Sequence[str], batch_size: int = 8) -> list[dict]:
-    """Log-probability of each choice's first token as the next token after each prompt."""
+    """Log-probability of each choice where the choices first differ, right after each prompt."""
     import torch
 
     gen = Generator(loaded, batch_size)
     tok = loaded.tokenizer
-    ids = {c: tok(c, add_special_tokens=False)["input_ids"][0] for c in choices}
-    results: list[dict] = []
-    for start in range(0, len(requests), batch_size):
-        chunk = requests[start:start + batch_size]
-        kwargs: dict[str, Any] = {"text": [gen.prompt_of(r) for r in chunk], "padding": True, "return_tensors": "pt"}
-        if all(r.image is not None for r in chunk):
-            kwargs["images"] = [r.image for r in chunk]
-        enc = loaded.processor(**kwargs).to(loaded.device)
-        if "pixel_values" in enc:
-            enc["pixel_values"] = enc["pixel_values"].to(loaded.dtype)
-        with torch.inference_mode():
-            logits = loaded.model(**enc).logits[:, -1, :].float()
-        logp = torch.log_softmax(logits, dim=-1)
-        results += [{c: float(row[i]) for c, i in ids.items()} for row in logp]
+    prompts = [gen.prompt_of(r) for r in requests]
+    splits = [_divergence(tok, p, choices) for p in prompts]
+    results: list[dict | None] = [None] * len(requests)
+    groups: dict[int, list[int]] = {}
+    for i, (drop, _) in enumerate(splits):
+        groups.setdefault(drop, []).append(i)  # rows in a batch drop the same number of final tokens
+    for drop, members in groups.items():
+        for start in range(0, len(members), batch_size):
+            rows = members[start:start + batch_size]
+            kwargs: dict[str, Any] = {"text": [prompts[i] + choices[0] for i in rows], "padding": True,
+                                      "return_tensors": "pt"}
+            if all(requests[i].image is not None for i in rows):
+                kwargs["images"] = [requests[i].image for i in rows]
+            enc = loaded.processor(**kwargs).to(loaded.device)
+            enc["input_ids"], enc["attention_mask"] = enc["input_ids"][:, :-drop], enc["attention_mask"][:, :-drop]
+            if "pixel_values" in enc:
+                enc["pixel_values"] = enc["pixel_values"].to(loaded.dtype)
+            with torch.inference_mode():
+                logp = torch.log_softmax(loaded.model(**enc).logits[:, -1, :].float(), dim=-1)
+            for row, i in zip(logp, rows):
+                results[i] = {c: float(row[t]) for c, t in zip(choices, splits[i][1])}
     return results

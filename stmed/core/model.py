@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +78,6 @@ def _quiet_hf() -> None:
     logging.getLogger("transformers").setLevel(logging.ERROR)
 
 
-@lru_cache(maxsize=2)
 def load_model(spec: ModelSpec) -> Loaded:
     """Model in eval mode on its device, processor padding on the left for batched generation."""
     local = Path(spec.model).expanduser()

@@ -80,7 +80,7 @@ def run(cfg: AnswersConfig, backend, records: list[Record], errors: ErrorSink,
         outputs = dict(backend.generate([req for _, req in ready], cfg.sampling()))
         for j, (rec, req) in enumerate(ready):
             out = outputs[j]
-            if isinstance(out, Exception):  # a remote backend's request that failed after its retries
+            if isinstance(out, Exception):  # failed after its retries (remote) or in the model (this input)
                 errors.add(rec, f"{rec.where}: {out}")
                 if tracker:
                     tracker.advance(kind="failed")

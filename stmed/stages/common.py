@@ -22,15 +22,20 @@ def record_image(rec: Record, image_root: Path | None = None, pad_square: bool =
         raise RecordError(f"{rec.where}: field 'image' must be str, got {type(image).__name__}")
     if not image:
         raise RecordError(f"{rec.where}: missing field 'image'")
+    path = resolve_path(image, rec.base_dir, image_root)
     try:
-        return _load(str(resolve_path(image, rec.base_dir, image_root)), pad_square)
+        stat = path.stat()
+        return _load(str(path), stat.st_mtime_ns, stat.st_size, pad_square)
+    except FileNotFoundError:
+        raise RecordError(f"{rec.where}: {path}: image not found") from None
     except RecordError as e:
         raise RecordError(f"{rec.where}: {e}") from None
 
 
-@lru_cache(maxsize=64)
-def _load(path: str, pad_square: bool):
-    """Questions about one image sit together: decode each image once, not once per question."""
+@lru_cache(maxsize=8)
+def _load(path: str, mtime_ns: int, size: int, pad_square: bool):
+    """Questions about one image sit together: decode it once, not once per question. Keyed by
+    modification time and size so a rewritten file is read again; small, as images can be big."""
     img, _ = load_image(path)
     return pad_to_square(img) if pad_square else img
 

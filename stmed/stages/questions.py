@@ -96,6 +96,8 @@ def run(cfg: QuestionsConfig, backend, records: list[Record], errors: ErrorSink,
 
     markers = role_markers(backend.processor) if hasattr(backend, "processor") else []
     todo = [r for r in records if not all(f"{r['id']}:q{k}" in done for k in range(cfg.n))]
+    if tracker:
+        tracker.counts["skipped"] = len(records) - len(todo)  # images, the unit this stage counts
     for chunk in chunks(todo, chunk_size(cfg.chunk_size, backend)):
         yield from _run_chunk(cfg, backend, chunk, errors, done, markers, tracker)
 
@@ -118,7 +120,7 @@ def _run_chunk(cfg, backend, chunk, errors, done, markers, tracker) -> Iterator[
     descriptions: dict[int, str] = {}
     tokens = 0
     for j, out in backend.generate(reqs, greedy):
-        if isinstance(out, Exception):  # a remote backend's request that failed after its retries
+        if isinstance(out, Exception):  # failed after its retries (remote) or in the model (this input)
             errors.add(chunk[order[j]], f"{chunk[order[j]].where}: {out}")
             continue
         descriptions[order[j]] = out.texts[0]
