@@ -1,5 +1,7 @@
 """Errors a user can cause, and the exit codes every command shares (DESIGN.md section 4)."""
 
+from contextlib import contextmanager
+
 EXIT_OK = 0  # every record done
 EXIT_SOME_FAILED = 1  # finished, but some records went to the errors file
 EXIT_USAGE = 2  # bad flag or malformed input: nothing was written
@@ -22,3 +24,16 @@ class RecordError(StmedError):
 
 class ImageError(RecordError):
     """An image that cannot be opened or rendered."""
+
+
+
+@contextmanager
+def loading_model(model: str):
+    """What ``from_pretrained`` raises for a wrong id, a missing folder or a checkpoint that is not
+    a vision-language model (OSError, ValueError), as the one line every command prints for it."""
+    try:
+        yield
+    except (OSError, ValueError) as e:
+        lines = str(e).strip().splitlines()
+        raise InputError(f"-m {model}: cannot load a vision-language model "
+                         f"({lines[0] if lines else type(e).__name__})") from None

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -46,12 +47,12 @@ def _margin(model, processor, question, image):
     """Summed log-prob of CHOSEN minus REJECTED for one prompt."""
     import torch
 
-    from stmed.images import load_image, pad_to_square
+    from stmed.images import load_image
     from stmed.train.data import answer_prompt, completion
     from stmed.train.pairs import PairCollator, pair_logps
 
     prompt = answer_prompt(processor, question)
-    ex = {"images": [pad_to_square(load_image(image)[0])], "prompt": prompt,
+    ex = {"images": [load_image(image)[0]], "prompt": prompt,  # unpadded: dpo's default, like answer's
           "chosen": completion(processor, question, CHOSEN, prompt),
           "rejected": completion(processor, question, REJECTED, prompt)}
     with torch.no_grad():
@@ -115,6 +116,7 @@ def test_dpo_learns_a_synthetic_preference(trained, tiny_model):
     assert all(a > b + 0.5 for a, b in zip(after, before)), f"margin vs reference did not grow: {before} -> {after}"
     meta = json.loads((tmp / "out" / "_meta.json").read_text())
     assert meta["config"]["beta"] == 0.1 and meta["data"]["pairs"] == 16 and len(meta["data"]["sha256"]) == 64
+    assert meta["config"]["pad_square"] is False, "dpo must default to answer's images: unpadded"
 
 
 def test_merged_model_matches_base_plus_adapter(trained, tiny_model):
@@ -178,3 +180,128 @@ def test_no_usable_pairs_and_bad_config_stop_early(tiny_model, tmp_path):
     assert "learning_rate" in proc.stderr, "a misspelt key should get a suggestion"
     proc = run_stmed("dpo", bad, "-m", tiny_model, "-o", tmp_path / "o", "--loss", "sigmod")
     assert proc.returncode == 2 and "did you mean 'sigmoid'" in proc.stderr
+
+
+def test_weight_decay_from_the_config_file_reaches_the_trainer(tmp_path):
+    from transformers import TrainingArguments
+
+    from stmed.train.common import DPOConfig, SFTConfig, make_config, trainer_kwargs
+
+    cfg_file = tmp_path / "cfg.yaml"
+    cfg_file.write_text("weight_decay: 0.1\nwarmup_ratio: 0.05\n")
+    for cls in (DPOConfig, SFTConfig):
+        cfg = make_config(cls, str(cfg_file), {"model": "m", "output_dir": str(tmp_path / "o")})
+        args = TrainingArguments(**trainer_kwargs(cfg, False))
+        assert args.weight_decay == 0.1 and args.warmup_steps == 0.05, (args.weight_decay, args.warmup_steps)
+
+
+@pytest.mark.parametrize("command", ["dpo", "sft"])
+def test_a_model_that_does_not_load_is_one_line_and_leaves_no_outdir(command, tiny_model, tmp_path):
+    import shutil
+
+    pairs = _write_pairs(tmp_path / "pairs.jsonl", n=2)
+    if command == "sft":  # stmed QA records train as one-turn conversations
+        pairs.write_text("".join(json.dumps({"id": f"c{i}", "image": str(img), "question": "What organ?",
+                                             "answers": ["The liver."]}) + "\n"
+                                 for i, img in enumerate(_images()[:2])))
+    # a folder with the processor but no weights: the processor loads, the model does not
+    no_weights = tmp_path / "no-weights"
+    shutil.copytree(tiny_model, no_weights, ignore=shutil.ignore_patterns("*.safetensors"))
+    for model in ("/nonexistent/model", no_weights):
+        out = tmp_path / f"out-{Path(model).name}"
+        proc = run_stmed(command, pairs, "-m", model, "-o", out)
+        assert proc.returncode == 2, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert "Traceback" not in proc.stderr and any(f"-m {model}: cannot load" in x for x in lines), proc.stderr
+        assert not out.exists(), f"a run that never started left {sorted(out.rglob('*'))}"
+
+
+def test_trl_without_what_the_step_uses_is_one_clear_error(monkeypatch):
+    import importlib.metadata as md
+    import re
+
+    from trl import DPOTrainer
+
+    from stmed.errors import InputError
+    from stmed.train.dpo import TRL_NEEDED, check_trl
+
+    pinned = re.search(r'"trl([^"]*)"', (ROOT / "pyproject.toml").read_text()).group(1)
+    assert pinned == TRL_NEEDED, "pyproject.toml and stmed.train.dpo must name the same trl range"
+    check_trl()  # the installed trl is the tested one
+    monkeypatch.delattr(DPOTrainer, "_compute_loss")
+    with pytest.raises(InputError) as e:
+        check_trl()
+    assert f"trl {md.version('trl')} is installed" in str(e.value) and f"trl{TRL_NEEDED}" in str(e.value)
+
+
+def test_pad_square_defaults_off_and_the_flag_is_recorded(tiny_model, tmp_path):
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    from stmed.records import ErrorSink
+    from stmed.train.data import load_pairs
+
+    wide = tmp_path / "wide.png"
+    Image.new("RGB", (120, 60), (200, 30, 30)).save(wide)
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"id": f"w{i}", "image": str(wide), "question": q, "chosen": CHOSEN,
+                                         "rejected": REJECTED}) + "\n" for i, q in enumerate(QUESTIONS)))
+    processor = AutoProcessor.from_pretrained(tiny_model)
+    rows = load_pairs(str(pairs), processor, errors=ErrorSink(None))
+    assert rows[0]["images"][0].size == (120, 60), "pairs must be scored on the pixels answer saw (no pad)"
+    out = tmp_path / "out"
+    proc = run_stmed("dpo", pairs, "-m", tiny_model, "-o", out, "--max-steps", "1", "--pad-square", *FAST)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((out / "_meta.json").read_text())["config"]["pad_square"] is True
+    for command in ("dpo", "sft"):
+        assert "--no-pad-square" in run_stmed(command, "--help", env={"COLUMNS": "200"}).stdout
+
+
+def _tiny_qwen2_vl():
+    """A random Qwen2-VL (M-RoPE) small enough for the CPU, with a hand-made batch of two pairs."""
+    import torch
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    image, start, end = 100, 102, 103
+    cfg = Qwen2VLConfig(
+        text_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=128, max_position_embeddings=512, bos_token_id=1,
+                         eos_token_id=2, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                                          "mrope_section": [2, 3, 3]}),
+        vision_config=dict(depth=1, embed_dim=32, hidden_size=64, num_heads=2, patch_size=14, temporal_patch_size=2,
+                           spatial_merge_size=2, in_chans=3, mlp_ratio=2),
+        image_token_id=image, video_token_id=101, vision_start_token_id=start, vision_end_token_id=end)
+    torch.manual_seed(0)
+    model = Qwen2VLForConditionalGeneration(cfg).eval()
+    tokens = [start] + [image] * 4 + [end]  # a 4x4 patch grid merged 2x2: four image tokens
+    prompts = torch.tensor([[0, 0, 5, 6, *tokens, 7], [5, 6, 8, 9, *tokens, 7]])  # left padded
+    answers = torch.tensor([[10, 11, 12], [13, 14, 0], [15, 0, 0], [16, 17, 18]])  # c0, r0, c1, r1
+    batch = {"prompt_input_ids": prompts, "prompt_attention_mask": (prompts != 0).long(),
+             "completion_ids": answers, "completion_attention_mask": (answers != 0).long(),
+             "pixel_values": torch.randn(32, 3 * 2 * 14 * 14), "image_grid_thw": torch.tensor([[1, 4, 4]] * 2),
+             "prompt_mm_token_type_ids": (prompts == image).long()}
+    return model, batch
+
+
+def test_mrope_models_fall_back_to_one_sequence_per_answer():
+    import torch
+
+    from stmed.train.pairs import pair_logps, shared_prefix_logps, uses_mrope
+
+    model, b = _tiny_qwen2_vl()
+    assert uses_mrope(model)
+    with pytest.raises(ValueError, match="M-RoPE"):
+        shared_prefix_logps(model, b)
+    with torch.no_grad():
+        chosen, rejected = pair_logps(model, b, share_prefix=True).sums()
+        want = []  # each prompt+answer alone, unpadded, positions left to the model (its 3-D rope index)
+        for k in range(4):
+            i, keep_p, keep_a = k // 2, b["prompt_attention_mask"][k // 2].bool(), b["completion_attention_mask"][k].bool()
+            prompt, ans = b["prompt_input_ids"][i][keep_p], b["completion_ids"][k][keep_a]
+            ids = torch.cat([prompt, ans])[None]
+            types = torch.cat([b["prompt_mm_token_type_ids"][i][keep_p], torch.zeros_like(ans)])[None]
+            logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), mm_token_type_ids=types,
+                           pixel_values=b["pixel_values"][16 * i:16 * (i + 1)], image_grid_thw=b["image_grid_thw"][i:i + 1]).logits
+            want.append(float(logits[0, len(prompt) - 1:-1].log_softmax(-1).gather(-1, ans[:, None]).sum()))
+    got = [float(chosen[0]), float(rejected[0]), float(chosen[1]), float(rejected[1])]
+    assert got == pytest.approx(want, abs=1e-4), f"M-RoPE pair log-probs {got} != per-sequence {want}"

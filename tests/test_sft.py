@@ -94,7 +94,7 @@ def test_labels_token_by_token_for_sq_ratio_0_1_and_seeded_half(vqa_rad_conversa
 
 def test_sft_lowers_loss_skips_malformed_and_adapter_loads(vqa_rad_conversations, tiny_model, tmp_path):
     from stmed.core.model import ModelSpec, load_model
-    from stmed.images import load_image, pad_to_square
+    from stmed.images import load_image
     from stmed.prompts import VUSER_SYSTEM
 
     path, good = vqa_rad_conversations
@@ -114,7 +114,7 @@ def test_sft_lowers_loss_skips_malformed_and_adapter_loads(vqa_rad_conversations
     context = [{"role": "system", "content": VUSER_SYSTEM.text},
                {"role": "user", "content": good["conversations"][0]["value"].replace("<image>", "").strip()},
                {"role": "assistant", "content": good["conversations"][1]["value"]}]
-    image = pad_to_square(load_image(good["image"])[0])
+    image = load_image(good["image"])[0]  # unpadded: sft's default, like gen-questions
     base = _question_logprob(load_model(ModelSpec(str(tiny_model), device="cpu")), context, second, image)
     tuned = _question_logprob(load_model(ModelSpec(str(tiny_model), adapter=str(out), device="cpu")),
                               context, second, image)
@@ -145,3 +145,23 @@ def test_export_questions(vqa_rad_conversations, tmp_path):
     assert [r["id"] for r in first] == [f"{good['id']}:q{k}" for k in range(3)]
     assert first[0]["question"] == good["conversations"][0]["value"].replace("<image>", "").strip()
     assert first[0]["image"] == good["image"] and first[0]["gen"]["model"] == "human"
+
+
+def test_qa_records_with_answers_as_strings_or_text_objects(tmp_path):
+    from stmed.errors import RecordError
+    from stmed.records import Record
+    from stmed.train.sft_data import parse_conversation
+
+    for answers in (["yes", "no"], [{"text": "yes", "seed": 40}, {"text": "no"}]):
+        msgs = parse_conversation(Record.at({"question": "Is it?", "answers": answers}, "f:1"))
+        assert msgs == [{"role": "user", "content": "Is it?"}, {"role": "assistant", "content": "yes"}]
+    for bad in ([1, 2], "yes", [{"answer": "yes"}]):
+        with pytest.raises(RecordError, match="f:2"):
+            parse_conversation(Record.at({"question": "Is it?", "answers": bad}, "f:2"))
+    data = tmp_path / "qa.jsonl"
+    data.write_text(json.dumps({"id": "a", "image": "x.jpg", "question": "Is it?", "answers": ["yes", "no"]}) + "\n"
+                    + json.dumps({"id": "b", "image": "x.jpg", "question": "Is it?", "answers": [3]}) + "\n")
+    out = tmp_path / "questions.jsonl"
+    proc = run_stmed("sft", data, "--export-questions", out)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "qa.jsonl:2" in proc.stderr and [json.loads(x)["id"] for x in out.read_text().splitlines()] == ["a:q0"]

@@ -33,6 +33,7 @@ Merge = Annotated[Optional[bool], Opt("--merge", help="Also save OUTDIR/merged: 
 ReportTo = Annotated[Optional[str], Opt("--report-to", help="none | tensorboard | wandb")]
 SaveSteps = Annotated[Optional[int], Opt("--save-steps", min=1, help="Checkpoint every N steps (500).")]
 GradCkpt = Annotated[Optional[bool], Opt("--gradient-checkpointing/--no-gradient-checkpointing", help="Default: on a GPU unless the shared prompt cache is used.")]
+PadSquare = Annotated[Optional[bool], Opt("--pad-square/--no-pad-square", help="Pad images square with the mean colour (LLaVA's pad); use the same setting as gen-questions/answer.")]
 TrainErrors = Annotated[Optional[str], Opt("--errors", help="Bad records go here (default OUTDIR/errors.jsonl).")]
 
 
@@ -68,7 +69,7 @@ def dpo(pairs: Annotated[str, typer.Argument(help="Pairs: stmed judge output or 
         report_to: ReportTo = None, save_steps: SaveSteps = None, gradient_checkpointing: GradCkpt = None,
         share_prefix: Annotated[Optional[bool], Opt("--share-prefix/--no-share-prefix", help="Compute the image prompt once per pair (default on).")] = None,
         seed: Annotated[Optional[int], Opt("--seed", help="Training seed (42).")] = None, image_root: c.ImageRoot = None,
-        limit: c.Limit = None, errors: TrainErrors = None, overwrite: c.Overwrite = False,
+        pad_square: PadSquare = None, limit: c.Limit = None, errors: TrainErrors = None, overwrite: c.Overwrite = False,
         trust_remote_code: c.TrustRemote = False, quiet: c.Quiet = False) -> int:
     """Preference-train a LoRA adapter with DPO (trl), the paper's defaults."""
     from stmed.train import dpo as lib
@@ -90,7 +91,7 @@ def sft(data: Annotated[str, typer.Argument(help="LLaVA conversations (JSON list
         lora_vision: LoraVision = None, full: Full = None, resume: Resume = None, merge: Merge = None,
         report_to: ReportTo = None, save_steps: SaveSteps = None, gradient_checkpointing: GradCkpt = None,
         seed: Annotated[Optional[int], Opt("--seed", help="Seed for training and the self-asked draw (42).")] = None,
-        image_root: c.ImageRoot = None, limit: c.Limit = None, errors: TrainErrors = None,
+        image_root: c.ImageRoot = None, pad_square: PadSquare = None, limit: c.Limit = None, errors: TrainErrors = None,
         overwrite: c.Overwrite = False, trust_remote_code: c.TrustRemote = False, quiet: c.Quiet = False) -> int:
     """Stage 1: supervised fine-tuning that teaches the model to ask (visual self-questioning)."""
     from stmed.train import sft as lib

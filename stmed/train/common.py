@@ -7,6 +7,7 @@ config, the data hash and the versions to ``OUTDIR/_meta.json`` and the trainer'
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import os
@@ -16,7 +17,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from stmed.errors import InputError
+from stmed.errors import InputError, loading_model
 
 # The paper's LoRA targets: every projection of the language model (not the vision tower, the
 # projector or lm_head). A regex, because module names alone (q_proj, fc1) also match the vision tower.
@@ -55,7 +56,9 @@ class TrainConfig:
     max_length: int | None = None  # None: never truncate; only answers are ever cut, never image tokens
     bf16: bool | None = None  # None: on when the GPU supports it (the paper trains in bf16)
     gradient_checkpointing: bool | None = None  # None: on a GPU, unless the step's own plan rules it out
-    pad_square: bool = True  # LLaVA-1.5 trains on images padded to square
+    # Off, as in gen-questions/answer/eval: DPO must score the pixels the answers were sampled from.
+    # LLaVA-1.5 (and LLaVA-Med) trained on padded images: turn it on here and there alike.
+    pad_square: bool = False
     image_root: str | None = None
     logging_steps: int = 1
     save_steps: int = 500
@@ -188,24 +191,29 @@ def lora_config(cfg: TrainConfig):
                       target_modules="|".join(f"({p})" for p in parts), bias="none", task_type="CAUSAL_LM")
 
 
-def load_for_training(cfg: TrainConfig, wrap: bool = True):
-    """(model, processor) in the training dtype; LoRA applied unless --full or not ``wrap``
-    (trl applies the LoRA config itself: handed a ready PeftModel it would copy the adapter as
-    the reference)."""
-    import torch
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+def load_processor(cfg: TrainConfig):
+    """The processor alone (enough to read and check the data), or one InputError line."""
+    from transformers import AutoProcessor
 
     from stmed.core.model import _quiet_hf
 
     _quiet_hf()
+    with loading_model(cfg.model):
+        return AutoProcessor.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
+
+
+def load_for_training(cfg: TrainConfig, wrap: bool = True, processor=None):
+    """(model, processor) in the training dtype; LoRA applied unless --full or not ``wrap``
+    (trl applies the LoRA config itself: handed a ready PeftModel it would copy the adapter as
+    the reference). A model that cannot be loaded is one InputError line."""
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    processor = processor if processor is not None else load_processor(cfg)
     dtype = torch.bfloat16 if use_bf16(cfg) else torch.float32
-    try:
-        processor = AutoProcessor.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    with loading_model(cfg.model):
         model = AutoModelForImageTextToText.from_pretrained(cfg.model, dtype=dtype,
                                                             trust_remote_code=cfg.trust_remote_code)
-    except (OSError, ValueError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise InputError(f"-m {cfg.model}: cannot load a vision-language model ({first})") from None
     tok = getattr(processor, "tokenizer", processor)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
@@ -236,7 +244,8 @@ def trainer_kwargs(cfg: TrainConfig, gradient_checkpointing: bool) -> dict[str, 
     """TrainingArguments fields both stages set the same way."""
     return dict(
         output_dir=cfg.output_dir, seed=cfg.seed, learning_rate=cfg.learning_rate, num_train_epochs=cfg.epochs,
-        lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup_ratio,  # a float below 1 is a ratio weight_decay=cfg.weight_decay,
+        lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup_ratio,  # a float below 1 is a ratio
+        weight_decay=cfg.weight_decay,
         per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
         max_steps=cfg.max_steps, bf16=use_bf16(cfg), fp16=False, gradient_checkpointing=gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False}, logging_steps=cfg.logging_steps,
@@ -269,6 +278,20 @@ def prepare_outdir(cfg: TrainConfig) -> str | None:
             shutil.rmtree(p, ignore_errors=True)
         (out / "train_log.jsonl").unlink(missing_ok=True)
     return None
+
+
+@contextlib.contextmanager
+def leave_no_empty_outdir(cfg: TrainConfig):
+    """A run that stops before training (a model that does not load, no usable data) must not
+    leave behind an empty OUTDIR that it created, as if a run had happened there."""
+    out = Path(cfg.output_dir)
+    existed = out.exists()
+    try:
+        yield
+    except BaseException:
+        if not existed and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise
 
 
 def write_meta(cfg: TrainConfig, stage: str, data: dict[str, Any]) -> None:

@@ -151,7 +151,7 @@ def lazy_images(pad_square: bool):
 
 
 def load_pairs(path: str | Path, processor, *, errors: ErrorSink, image_root: Path | None = None,
-               pad_square: bool = True, limit: int | None = None):
+               pad_square: bool = False, limit: int | None = None):
     """Valid pairs as a Dataset (id, image_path, prompt, chosen, rejected, where; "images" on access).
 
     Bad pairs go to ``errors``; no valid pair at all is an InputError, raised before any

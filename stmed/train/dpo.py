@@ -13,8 +13,34 @@ from pathlib import Path
 
 from stmed.errors import InputError
 from stmed.records import ErrorSink
-from stmed.train.common import DPOConfig, load_for_training, lora_config, prepare_outdir, say, trainer_kwargs, write_meta
+from stmed.train.common import (DPOConfig, leave_no_empty_outdir, load_for_training, load_processor, lora_config,
+                                prepare_outdir, say, trainer_kwargs, write_meta)
 from stmed.train.data import file_sha256, load_pairs, read_any
+
+# stmed's step reuses trl internals (FusedCausalLMOutput, DPOTrainer._compute_loss and its
+# precompute_ref_logps switch) that move between minor releases; pyproject.toml pins this range.
+TRL_NEEDED = ">=1.16,<1.17"
+
+
+def check_trl() -> None:
+    """One InputError line, before any work, when the installed trl lacks what the step uses."""
+    import importlib.metadata as md
+
+    try:
+        installed = md.version("trl")
+    except md.PackageNotFoundError:
+        installed = "none"
+    try:
+        from trl import DPOConfig as TrlDPOConfig
+        from trl import DPOTrainer
+        from trl.trainer.utils import FusedCausalLMOutput  # noqa: F401
+
+        usable = hasattr(DPOTrainer, "_compute_loss") and "precompute_ref_log_probs" in TrlDPOConfig.__dataclass_fields__
+    except (ImportError, AttributeError):
+        usable = False
+    if not usable:
+        raise InputError(f"stmed dpo needs trl{TRL_NEEDED}, but trl {installed} is installed: "
+                         f"pip install 'trl{TRL_NEEDED}'")
 
 
 class _Fixed:
@@ -81,33 +107,41 @@ def run(cfg: DPOConfig) -> dict:
     # A malformed or empty file stops here: before the slow imports, and before OUTDIR exists.
     if not read_any(cfg.data):
         raise InputError(f"{cfg.data}: no records (empty input)")
+    check_trl()
     import warnings
 
-    from transformers import AutoProcessor, PrinterCallback
+    from transformers import PrinterCallback
     from trl import DPOConfig as TrlDPOConfig
 
     warnings.filterwarnings("ignore", category=FutureWarning)  # transformers' renames, not the user's concern
 
     from stmed.train.loop import callbacks, fit
-    from stmed.train.pairs import PairCollator
+    from stmed.train.pairs import PairCollator, uses_mrope
 
     resume_from = prepare_outdir(cfg)
-    errors = ErrorSink(cfg.errors or str(Path(cfg.output_dir) / "errors.jsonl"))
-    try:
-        # The data is read with the processor alone, so a bad file fails before the model loads.
-        processor = AutoProcessor.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
-        dataset = load_pairs(cfg.data, processor, errors=errors, pad_square=cfg.pad_square, limit=cfg.limit,
-                             image_root=Path(cfg.image_root) if cfg.image_root else None)
-    finally:
-        errors.close()
-    say(cfg, f"{len(dataset)} pairs, {errors.count} rejected")
-    if errors.count:
-        say(cfg, f"{errors.count} failed record(s) listed in {errors.path}")
+    # The data is read with the processor alone, so a bad file fails before the model loads;
+    # a model that does not load stops before OUTDIR exists.
+    processor = load_processor(cfg)
+    with leave_no_empty_outdir(cfg):
+        errors = ErrorSink(cfg.errors or str(Path(cfg.output_dir) / "errors.jsonl"))
+        try:
+            dataset = load_pairs(cfg.data, processor, errors=errors, pad_square=cfg.pad_square, limit=cfg.limit,
+                                 image_root=Path(cfg.image_root) if cfg.image_root else None)
+        finally:
+            errors.close()
+        say(cfg, f"{len(dataset)} pairs, {errors.count} rejected")
+        if errors.count:
+            say(cfg, f"{errors.count} failed record(s) listed in {errors.path}")
+        model, processor = load_for_training(cfg, wrap=False, processor=processor)
     write_meta(cfg, "dpo", {"path": str(cfg.data), "sha256": file_sha256(cfg.data), "pairs": len(dataset),
                             "rejected": errors.count})
-    model, processor = load_for_training(cfg, wrap=False)
+    share_prefix = cfg.share_prefix
+    if share_prefix and uses_mrope(model):
+        share_prefix = False
+        say(cfg, f"{cfg.model} uses M-RoPE (3-D positions from the image grid): computing each answer with "
+                 "its own prompt (trl's way) instead of sharing the prompt")
     checkpointing = bool(cfg.gradient_checkpointing) if cfg.gradient_checkpointing is not None else (
-        not cfg.share_prefix and _on_gpu())
+        not share_prefix and _on_gpu())
     args = TrlDPOConfig(**trainer_kwargs(cfg, checkpointing), beta=cfg.beta, loss_type=list(cfg.loss),
                         loss_weights=cfg.loss_weights, max_length=cfg.max_length,
                         # keep LoRA's dropout (the paper's 0.05); the base model has no active dropout
@@ -116,7 +150,7 @@ def run(cfg: DPOConfig) -> dict:
                               peft_config=None if cfg.full else lora_config(cfg),
                               data_collator=PairCollator(processor, cfg.max_length), callbacks=callbacks(cfg))
     trainer.remove_callback(PrinterCallback)  # it prints logs to stdout; ours go to train_log.jsonl
-    trainer.share_prefix = cfg.share_prefix and not trainer.is_fsdp_enabled  # FSDP needs one root forward
+    trainer.share_prefix = share_prefix and not trainer.is_fsdp_enabled  # FSDP needs one root forward
     summary = fit(trainer, cfg, resume_from, processor)
     return {"pairs": len(dataset), "rejected": errors.count, **summary}
 

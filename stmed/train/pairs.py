@@ -49,6 +49,8 @@ class PairCollator:
         batch = {"prompt_input_ids": enc["input_ids"], "prompt_attention_mask": enc["attention_mask"],
                  "completion_ids": ids, "completion_attention_mask": mask}
         batch.update({k: enc[k] for k in IMAGE_KEYS if k in enc})
+        if "mm_token_type_ids" in enc:  # which prompt tokens are image tokens (Qwen2-VL's M-RoPE needs it)
+            batch["prompt_mm_token_type_ids"] = enc["mm_token_type_ids"]
         return batch
 
 
@@ -68,20 +70,41 @@ class PairOutput:
         return self.log_probs.sum(-1).chunk(2)
 
 
+def _bare(model):
+    """The transformers model under peft and DDP/DeepSpeed wrappers."""
+    while hasattr(model, "get_base_model") or hasattr(model, "module"):
+        model = model.get_base_model() if hasattr(model, "get_base_model") else model.module
+    return model
+
+
 def _cache_kwarg(model) -> str:
     """transformers renamed ``past_key_values`` to ``cache`` (5.2x); pass whichever this one takes."""
-    base = model
-    while hasattr(base, "get_base_model") or hasattr(base, "module"):
-        base = base.get_base_model() if hasattr(base, "get_base_model") else base.module
-    params = inspect.signature(type(base).forward).parameters
+    params = inspect.signature(type(_bare(model)).forward).parameters
     return "cache" if "cache" in params else "past_key_values"
 
 
+def uses_mrope(model) -> bool:
+    """Multimodal RoPE (Qwen2-VL and kin): the model derives 3-D positions from the image grid
+    itself when ``position_ids`` is None, so the 1-D positions the shared-prefix path passes
+    would be wrong."""
+    base = _bare(model)
+    return hasattr(base, "get_rope_index") or hasattr(getattr(base, "model", None), "get_rope_index")
+
+
 def _image_kwargs(batch: dict, repeat: int = 1) -> dict:
+    import torch
+
     out = {k: batch[k] for k in IMAGE_KEYS if k in batch}
-    if repeat > 1:
-        out = {k: v.repeat_interleave(repeat, dim=0) for k, v in out.items()}
-    return out
+    if repeat == 1:
+        return out
+    grid = out.get("image_grid_thw")
+    if grid is not None and "pixel_values" in out:
+        # Qwen2-VL's pixel_values are every image's patches stacked along dim 0: repeat whole
+        # images (blocks of t*h*w rows), not single rows.
+        blocks = out.pop("pixel_values").split(grid.prod(-1).tolist())
+        return {**{k: v.repeat_interleave(repeat, dim=0) for k, v in out.items()},
+                "pixel_values": torch.cat([b for b in blocks for _ in range(repeat)])}
+    return {k: v.repeat_interleave(repeat, dim=0) for k, v in out.items()}
 
 
 def _stats(logits, ids, mask, batch_size: int) -> PairOutput:
@@ -114,6 +137,9 @@ def shared_prefix_logps(model, batch: dict, *, prompt_model=None) -> PairOutput:
     import torch
     from transformers import DynamicCache
 
+    if uses_mrope(model):
+        raise ValueError("the shared-prefix path passes 1-D position ids, which M-RoPE models (Qwen2-VL) "
+                         "compute themselves in 3-D: use concat_logps")
     p_ids, p_mask = batch["prompt_input_ids"], batch["prompt_attention_mask"]
     ids, mask = batch["completion_ids"], batch["completion_attention_mask"]
     b = p_ids.shape[0]
@@ -140,14 +166,20 @@ def concat_logps(model, batch: dict) -> PairOutput:
     ids, mask = batch["completion_ids"], batch["completion_attention_mask"]
     full_ids = torch.cat([p_ids.repeat_interleave(2, dim=0), ids], dim=1)
     full_mask = torch.cat([p_mask.repeat_interleave(2, dim=0), mask], dim=1)
-    pos = (full_mask.long().cumsum(-1) - 1).clamp(min=0)
+    # Left padding: real tokens start at position 0. M-RoPE models derive their own (3-D) positions.
+    pos = None if uses_mrope(model) else (full_mask.long().cumsum(-1) - 1).clamp(min=0)
+    extra = _image_kwargs(batch, repeat=2)
+    if "prompt_mm_token_type_ids" in batch:  # answers hold text tokens only
+        types = batch["prompt_mm_token_type_ids"].repeat_interleave(2, dim=0)
+        extra["mm_token_type_ids"] = torch.cat([types, torch.zeros_like(ids)], dim=1)
     out = model(input_ids=full_ids, attention_mask=full_mask, position_ids=pos, use_cache=False,
-                logits_to_keep=ids.shape[1] + 1, **_image_kwargs(batch, repeat=2))
+                logits_to_keep=ids.shape[1] + 1, **extra)
     return _stats(out.logits[:, :-1], ids, mask, p_ids.shape[0])
 
 
 def pair_logps(model, batch: dict, *, share_prefix: bool = True, prompt_model=None) -> PairOutput:
-    if share_prefix:
+    """The shared-prefix way where the model allows it (not M-RoPE: see ``uses_mrope``), else the usual way."""
+    if share_prefix and not uses_mrope(model):
         return shared_prefix_logps(model, batch, prompt_model=prompt_model)
     return concat_logps(model, batch)
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from stmed.errors import InputError, RecordError
 from stmed.records import ErrorSink, RecordWriter
-from stmed.train.common import SFTConfig, load_for_training, prepare_outdir, say, trainer_kwargs, write_meta
+from stmed.train.common import (SFTConfig, leave_no_empty_outdir, load_for_training, load_processor, prepare_outdir,
+                                say, trainer_kwargs, write_meta)
 from stmed.train.data import check_image, file_sha256, read_any
 from stmed.train.sft_data import SFTCollator, parse_conversation
 
@@ -61,22 +62,24 @@ def export_questions(path: str, output: str, *, image_root: Path | None = None) 
 def run(cfg: SFTConfig) -> dict:
     import warnings
 
-    from transformers import AutoProcessor, PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+    from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
     from stmed.train.loop import callbacks, fit
 
     warnings.filterwarnings("ignore", category=FutureWarning)
     resume_from = prepare_outdir(cfg)
-    errors = ErrorSink(cfg.errors or str(Path(cfg.output_dir) / "errors.jsonl"))
-    try:
-        dataset = load_conversations(cfg.data, errors=errors, limit=cfg.limit,
-                                     image_root=Path(cfg.image_root) if cfg.image_root else None)
-    finally:
-        errors.close()
-    say(cfg, f"{len(dataset)} conversations, {errors.count} rejected")
+    processor = load_processor(cfg)  # a model that does not load stops before OUTDIR exists
+    with leave_no_empty_outdir(cfg):
+        errors = ErrorSink(cfg.errors or str(Path(cfg.output_dir) / "errors.jsonl"))
+        try:
+            dataset = load_conversations(cfg.data, errors=errors, limit=cfg.limit,
+                                         image_root=Path(cfg.image_root) if cfg.image_root else None)
+        finally:
+            errors.close()
+        say(cfg, f"{len(dataset)} conversations, {errors.count} rejected")
+        model, processor = load_for_training(cfg, processor=processor)
     write_meta(cfg, "sft", {"path": str(cfg.data), "sha256": file_sha256(cfg.data), "conversations": len(dataset),
                             "rejected": errors.count})
-    model, processor = load_for_training(cfg)
     collator = SFTCollator(processor, sq_ratio=cfg.sq_ratio, seed=cfg.seed, pad_square=cfg.pad_square,
                            max_length=cfg.max_length)
 

@@ -13,7 +13,7 @@ import random
 from dataclasses import dataclass
 
 from stmed.errors import RecordError
-from stmed.records import Record
+from stmed.records import Record, answer_texts
 from stmed.train.data import IMAGE_TAG
 
 IGNORE = -100
@@ -23,7 +23,7 @@ def parse_conversation(record: Record) -> list[dict]:
     """LLaVA turns (or a stmed QA record) as checked {"role", "content"} messages, or RecordError."""
     conv = record.get("conversations")
     if conv is None and isinstance(record.get("question"), str):  # stmed QA record
-        answer = record.get("answer") or (record.get("answers") or [{}])[0].get("text")
+        answer = record.get("answer") or next(iter(answer_texts(record)), None)
         conv = [{"from": "human", "value": record["question"]}, {"from": "gpt", "value": answer}]
     if not isinstance(conv, list):
         raise RecordError(f"{record.where}: no 'conversations' list")
@@ -107,7 +107,7 @@ class SFTCollator:
     ``epoch`` is set by the trainer callback at the start of each epoch.
     """
 
-    def __init__(self, processor, *, sq_ratio: float, seed: int, pad_square: bool = True,
+    def __init__(self, processor, *, sq_ratio: float, seed: int, pad_square: bool = False,
                  max_length: int | None = None):
         self.processor, self.sq_ratio, self.seed = processor, sq_ratio, seed
         self.tok = getattr(processor, "tokenizer", processor)
