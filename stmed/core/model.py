@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stmed.errors import InputError
+from stmed.errors import InputError, loading_model
 
 
 @dataclass(frozen=True)
@@ -88,14 +88,11 @@ def load_model(spec: ModelSpec) -> Loaded:
     _quiet_hf()
     device = resolve_device(spec.device)
     dtype = resolve_dtype(spec.dtype, device)
-    try:
+    with loading_model(spec.model):
         processor = AutoProcessor.from_pretrained(spec.model, trust_remote_code=spec.trust_remote_code)
         model = AutoModelForImageTextToText.from_pretrained(
             spec.model, dtype=dtype, trust_remote_code=spec.trust_remote_code
         )
-    except (OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise InputError(f"-m {spec.model}: cannot load a vision-language model ({first})") from None
     if spec.adapter:
         model = _apply_adapter(model, spec.adapter)
     model.to(device).eval()
