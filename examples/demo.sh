@@ -22,7 +22,7 @@ echo "== self-training round: gen-questions | answer | judge (local) | dpo" >&2
 # The random judge's preferences are noise, so the paper's single-order rule keeps every pair
 # (the default swap policy would rightly drop most of them as order-inconsistent).
 MODEL=$TINY JUDGE=$TINY JUDGE_BACKEND=local IMAGES=examples/images ROUNDS=1 OUT=$OUT STMED=$STMED \
-  N_QUESTIONS=2 GEN_ARGS="--max-new-tokens 16 --batch-size 16" \
+  N_QUESTIONS=2 GEN_ARGS="--max-new-tokens 16 --batch-size 16" QUESTION_ARGS="--describe-max-new-tokens 32" \
   JUDGE_ARGS="--policy paper --max-tokens 8" DPO_ARGS="--max-steps 4 --batch-size 2 --grad-accum 1" \
   bash examples/selftrain.sh
 

@@ -17,6 +17,7 @@ STMED=${STMED:-stmed}
 N_QUESTIONS=${N_QUESTIONS:-5}              # paper: 5 questions per image
 N_ANSWERS=${N_ANSWERS:-2}                  # paper: 2 answers, seeds 40 and 42
 GEN_ARGS=${GEN_ARGS:-}                     # extra flags for gen-questions and answer (e.g. --batch-size 32)
+QUESTION_ARGS=${QUESTION_ARGS:-}           # extra flags for gen-questions only (e.g. --strategy instruct)
 JUDGE_ARGS=${JUDGE_ARGS:-}                 # extra flags for judge (e.g. --concurrency 32, --policy paper)
 DPO_ARGS=${DPO_ARGS:-}                     # extra flags for dpo (e.g. --max-steps 100)
 
@@ -42,7 +43,7 @@ for k in $(seq 1 "$ROUNDS"); do
   echo "selftrain: round $k of $ROUNDS, policy $policy" >&2
   # A different seed per round: new questions about the same images.
   # shellcheck disable=SC2086
-  stage questions "$dir" $STMED gen-questions "$IMAGES" -m "$policy" -n "$N_QUESTIONS" --seed "$k" $GEN_ARGS \
+  stage questions "$dir" $STMED gen-questions "$IMAGES" -m "$policy" -n "$N_QUESTIONS" --seed "$k" $GEN_ARGS $QUESTION_ARGS \
     -o "$dir/questions.jsonl"
   # shellcheck disable=SC2086
   stage answers "$dir" $STMED answer "$dir/questions.jsonl" -m "$policy" -n "$N_ANSWERS" $GEN_ARGS \
