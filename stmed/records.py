@@ -9,9 +9,7 @@ every record is written as one line and flushed, so a killed run loses at most w
 from __future__ import annotations
 
 import json
-import os
 import sys
-from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -175,9 +173,6 @@ class RecordWriter:
         self.done = scan_output(self.path, key)
         self._fh = open(self.path, "a", encoding="utf-8")
 
-    def is_done(self, key: str) -> bool:
-        return key in self.done
-
     def write(self, record: dict) -> None:
         self._fh.write(dumps(record) + "\n")
         self._fh.flush()
@@ -239,21 +234,6 @@ class ErrorSink:
             self._fh.close()
             if self.count == 0 and self.path is not None:
                 self.path.unlink(missing_ok=True)  # no failures: leave no empty file behind
-
-
-def write_jsonl(path: str | Path, records: Iterable[dict]) -> None:
-    """Write a whole file atomically (for small artefacts, not for stage outputs)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(dumps(r) + "\n")
-    os.replace(tmp, path)
-
-
-def iter_pending(records: Iterable[Record], writer: RecordWriter, key: str = "id") -> Iterator[Record]:
-    """Records whose key the output does not hold yet."""
-    return (r for r in records if str(r.get(key)) not in writer.done)
 
 
 def shard_of(key: str, n: int) -> int:

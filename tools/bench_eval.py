@@ -99,7 +99,7 @@ def naive_f1(pred: str, ref: str):
 
 
 def naive_bleu(pred: str, ref: str, n: int) -> float:
-    hyp, c, r = pred.split(), len(pred.split()), len(ref.split())
+    c, r = len(pred.split()), len(ref.split())
     if c < n or c == 0:
         return 0.0
     logs = 0.0

@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from stmed.backends import ChatResult, Usage
+from stmed.backends import ChatResult
 from stmed.backends.openai_client import api_key_from_env, describe, is_transient, redact, request_body
 from stmed.errors import InputError
 from stmed.judge.cost import JudgeStats

@@ -35,8 +35,6 @@ class PairCollator:
         self.max_length = max_length
 
     def __call__(self, examples: list[dict]) -> dict[str, Any]:
-        import torch
-
         images = [ex["images"][0] for ex in examples]
         enc = self.processor(text=[ex["prompt"] for ex in examples], images=images, padding=True,
                              padding_side="left", return_tensors="pt")
