@@ -80,40 +80,30 @@ def train_tokenizer(vocab_size: int = 1024):
     )
 
 
-def tiny_config(vocab_size: int, image_token_id: int, pad_id: int):
+# Each shape: (CLIP vision tower, Llama text model, image tokens). "llava-7b" is LLaVA-1.5-7B's:
+# CLIP ViT-L/14-336 (576 image tokens) and Llama-7B. "tiny" has 16 image tokens (4x4 patches).
+SHAPES = {
+    "tiny": (dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                  image_size=56, patch_size=14, projection_dim=32),
+             dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2), 16),
+    "llava-7b": (dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                      image_size=336, patch_size=14, projection_dim=768),
+                 dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                      num_key_value_heads=32), 576),
+}
+
+
+def llava_config(shape: str, vocab_size: int, image_token_id: int, pad_id: int):
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
 
-    vision = CLIPVisionConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        image_size=56, patch_size=14, projection_dim=32,
-    )  # 4x4 = 16 image tokens
-    text = LlamaConfig(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, vocab_size=vocab_size, max_position_embeddings=4096,
-        pad_token_id=pad_id, bos_token_id=1, eos_token_id=2,
-    )
+    vision, text, image_tokens = SHAPES[shape]
     return LlavaConfig(
-        vision_config=vision, text_config=text, image_token_id=image_token_id,
-        vision_feature_layer=-2, vision_feature_select_strategy="default", image_seq_length=16,
-    )
-
-
-def llava_7b_config(vocab_size: int, image_token_id: int, pad_id: int):
-    """LLaVA-1.5-7B's shape: CLIP ViT-L/14-336 (576 image tokens) and a Llama-7B text model."""
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
-
-    vision = CLIPVisionConfig(
-        hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
-        image_size=336, patch_size=14, projection_dim=768,
-    )
-    text = LlamaConfig(
-        hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-        num_key_value_heads=32, vocab_size=vocab_size, max_position_embeddings=4096,
-        pad_token_id=pad_id, bos_token_id=1, eos_token_id=2,
-    )
-    return LlavaConfig(
-        vision_config=vision, text_config=text, image_token_id=image_token_id,
-        vision_feature_layer=-2, vision_feature_select_strategy="default", image_seq_length=576,
+        vision_config=CLIPVisionConfig(**vision),
+        text_config=LlamaConfig(**text, vocab_size=vocab_size, max_position_embeddings=4096,
+                                pad_token_id=pad_id, bos_token_id=1, eos_token_id=2),
+        image_token_id=image_token_id, vision_feature_layer=-2, vision_feature_select_strategy="default",
+        image_seq_length=image_tokens,
     )
 
 
@@ -145,10 +135,10 @@ def build_in_memory(shape: str = "tiny", *, seed: int = 0, device: str = "cpu"):
         vision_feature_select_strategy="default", chat_template=CHAT_TEMPLATE, num_additional_image_tokens=1,
     )
     if shape == "tiny":
-        config, dtype = tiny_config(len(tokenizer), image_token_id, tokenizer.pad_token_id), torch.float32
+        config, dtype = llava_config("tiny", len(tokenizer), image_token_id, tokenizer.pad_token_id), torch.float32
     else:
         # 32064 as in llava-1.5-7b-hf; ids past the tokenizer's vocabulary decode to nothing.
-        config, dtype = llava_7b_config(32064, image_token_id, tokenizer.pad_token_id), torch.bfloat16
+        config, dtype = llava_config(shape, 32064, image_token_id, tokenizer.pad_token_id), torch.bfloat16
     torch.manual_seed(seed)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)  # initialise in the final dtype: a 7B model never exists in fp32
