@@ -297,6 +297,34 @@ def test_openai_backend_refuses_vuser(image_dir, tmp_path):
     assert "Traceback" not in proc.stderr and not out.exists()
 
 
+
+def test_openai_backend_instruct_questions_then_answers(image_dir, tmp_path):
+    """gen-questions --strategy instruct | answer through an OpenAI-compatible server on 127.0.0.1."""
+    from openai_server import serve
+
+    from stmed.images import list_images
+
+    n_images = len(list_images(image_dir))
+    questions, answers = tmp_path / "q.jsonl", tmp_path / "a.jsonl"
+    remote = ("--backend", "openai", "-m", "policy", "--concurrency", "4")
+    with serve() as server:
+        proc = run_stmed("gen-questions", image_dir, *remote, "--base-url", server.base_url, "--strategy", "instruct",
+                         "-n", "2", "-o", questions)
+        assert proc.returncode == 0, proc.stderr
+        proc = run_stmed("answer", questions, *remote, "--base-url", server.base_url, "-n", "2", "-o", answers)
+        assert proc.returncode == 0, proc.stderr
+        # one description per image, one request per question sample, one per answer seed
+        assert server.stats.chat == n_images + n_images * 2 + n_images * 2 * 2
+    qs = [json.loads(line) for line in questions.read_text().splitlines()]
+    assert len(qs) == n_images * 2 and all(q["question"] and q["description"] for q in qs)
+    assert {q["gen"]["backend"] for q in qs} == {"openai"} and {q["gen"]["strategy"] for q in qs} == {"instruct"}
+    got = [json.loads(line) for line in answers.read_text().splitlines()]
+    assert [a["id"] for a in got] == [q["id"] for q in qs], "every question answered once, in input order"
+    for a in got:
+        assert [x["seed"] for x in a["answers"]] == [40, 42]
+        assert a["answers"][0]["text"] != a["answers"][1]["text"], "each seed is its own request"
+        assert a["answer_gen"]["backend"] == "openai"
+
 # --- question cleaning and the bounded re-sampling, in process --------------------------------
 
 @pytest.mark.parametrize("raw, question", [
