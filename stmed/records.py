@@ -191,6 +191,17 @@ class RecordWriter:
         self.close()
 
 
+def write_json(path: str | Path, obj: Any, indent: int = 2) -> None:
+    """Write a small JSON artefact (summary, _meta, state) whole or not at all: a kill mid-write
+    leaves the previous version, never a torn file that a later run would fail to read."""
+    import os
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=indent, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
 def sibling_path(output: str | Path | None, suffix: str) -> Path | None:
     """``q.jsonl`` -> ``q<suffix>`` beside it (``q.txt`` -> ``q.txt<suffix>``); None for stdout."""
     if output in (None, STDIO):

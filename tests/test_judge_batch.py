@@ -37,6 +37,15 @@ def comparable(path: Path) -> dict:
             for r in rows}
 
 
+def answer_offline(srv, requests_file, out):
+    """Answer a request file the way `vllm run-batch` or the Batch API would; the output file's path."""
+    srv.new_file(requests_file.read_bytes(), "batch", "in.jsonl")
+    batch = {"input_file_id": "file-0001"}
+    srv.run_batch(batch)
+    out.write_bytes(srv.files[batch["output_file_id"]]["_data"])
+    return out
+
+
 def test_batch_round_trip_gives_the_same_pairs_as_openai(tmp_path):
     inp = tmp_path / "answers.jsonl"
     make_records(inp, 25)
@@ -65,11 +74,7 @@ def test_prepare_only_then_collect(tmp_path):
         assert not read_jsonl(tmp_path / "p.jsonl")
         (req,) = (tmp_path / "p.batch").glob("requests-*.jsonl")
         # answer the file the way `vllm run-batch` or the Batch API would, then collect it
-        srv.new_file(req.read_bytes(), "batch", "in.jsonl")
-        batch = {"input_file_id": "file-0001"}
-        srv.run_batch(batch)
-        out = tmp_path / "vllm-output.jsonl"
-        out.write_bytes(srv.files[batch["output_file_id"]]["_data"])
+        out = answer_offline(srv, req, tmp_path / "vllm-output.jsonl")
         assert run(tmp_path, srv, inp, "p.jsonl", backend="batch", collect=[str(out)]) == 0
         assert run(tmp_path, srv, inp, "online.jsonl", backend="openai") == 0
     assert comparable(tmp_path / "p.jsonl") == comparable(tmp_path / "online.jsonl")
@@ -124,11 +129,7 @@ def test_custom_ids_carry_no_record_id_or_path_and_collect_still_joins(tmp_path)
             assert not any(r["id"] in cid or str(r["image"]) in cid or Path(r["image"]).name in cid
                            for r in records), f"custom_id {cid!r} leaks a record id or path"
         # a fresh process (no in-memory state) joins the replies by what it derives from the records
-        srv.new_file(req.read_bytes(), "batch", "in.jsonl")
-        batch = {"input_file_id": "file-0001"}
-        srv.run_batch(batch)
-        out = tmp_path / "out.jsonl"
-        out.write_bytes(srv.files[batch["output_file_id"]]["_data"])
+        out = answer_offline(srv, req, tmp_path / "out.jsonl")
     assert run(tmp_path, srv, inp, "p.jsonl", backend="batch", collect=[str(out)]) == 0
     assert len(read_jsonl(tmp_path / "p.jsonl")) + len(read_jsonl(tmp_path / "p.skipped.jsonl")) == 4
 

@@ -91,17 +91,13 @@ def _announce(bench_data, selected: int, quiet: bool) -> None:
 
 
 def _finish(result: dict, summary: Path | None, quiet: bool) -> None:
-    import json
-    import os
-
     from stmed.evaluation.report import run_table
     from stmed.progress import err_console
+    from stmed.records import write_json
 
     if summary is not None:
         summary.parent.mkdir(parents=True, exist_ok=True)
-        tmp = summary.with_name(summary.name + ".tmp")
-        tmp.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        os.replace(tmp, summary)
+        write_json(summary, result)
     if not quiet:
         err_console.print(run_table(result))
 

@@ -25,7 +25,7 @@ from stmed.backends.openai_client import api_key_from_env, describe, is_transien
 from stmed.errors import InputError
 from stmed.judge.cost import JudgeStats
 from stmed.judge.run import JudgeConfig, Outcome, decide, judgement_from, orders, outcome, prepare_or_decide, request_for
-from stmed.records import dumps
+from stmed.records import dumps, write_json
 
 ENDPOINT = "/v1/chat/completions"
 TERMINAL = {"completed", "failed", "expired", "cancelled"}
@@ -185,7 +185,7 @@ def submit_and_wait(cfg: JudgeConfig, files: list[Path], folder: Path) -> list[P
                 uploaded = _retrying(client.files.create, file=fh, purpose="batch")
             batch = _retrying(client.batches.create, input_file_id=uploaded.id, endpoint=ENDPOINT, completion_window="24h")
             state[f.name] = {"sha256": digest, "batch_id": batch.id}
-            state_path.write_text(json.dumps(state, indent=1))
+            write_json(state_path, state, indent=1)  # whole or not at all: it is what a killed run resumes from
             print(f"stmed judge: submitted {f.name} as {batch.id}", file=sys.stderr)
         out = []
         for f in files:

@@ -17,7 +17,7 @@ from stmed.errors import EXIT_OK, EXIT_SOME_FAILED
 from stmed.judge.cost import JudgeStats
 from stmed.judge.run import JudgeConfig, run
 from stmed.progress import track
-from stmed.records import STDIO, ErrorSink, RecordWriter, default_errors_path, sibling_path
+from stmed.records import STDIO, ErrorSink, RecordWriter, default_errors_path, sibling_path, write_json
 
 
 def judge_session(cfg: JudgeConfig, records: list, *, output: str | None, skipped: str | None, errors: str | None,
@@ -93,9 +93,7 @@ def _write_meta(path: Path | None, cfg: JudgeConfig, stats: JudgeStats, prices: 
     meta = {"_meta": "stmed judge", "stmed": __version__, "judge": cfg.describe(), "counts": dict(counts),
             "stats": stats.to_dict(), "cost_usd": None if cost is None else round(cost, 6), "seconds": round(seconds, 2),
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_json(path, meta)
 
 
 def stllava_record(pair: dict) -> dict:
@@ -109,6 +107,4 @@ def stllava_record(pair: dict) -> dict:
 def export_stllava(pairs_path: Path, out: Path) -> None:
     """The whole pairs file, converted (so it stays right across resumed runs); a JSON list, as their loader reads."""
     rows = [stllava_record(json.loads(line)) for line in pairs_path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(rows, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-    tmp.replace(out)
+    write_json(out, rows, indent=1)

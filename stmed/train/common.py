@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import json
 import os
 import re
 import sys
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from stmed.errors import InputError, loading_model
+from stmed.records import write_json
 
 # The paper's LoRA targets: every projection of the language model (not the vision tower, the
 # projector or lm_head). A regex, because module names alone (q_proj, fc1) also match the vision tower.
@@ -309,9 +309,7 @@ def write_meta(cfg: TrainConfig, stage: str, data: dict[str, Any]) -> None:
             "config": asdict(cfg), "data": data, "versions": versions}
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "_meta.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, out / "_meta.json")
+    write_json(out / "_meta.json", meta)
 
 
 def is_main_process() -> bool:
