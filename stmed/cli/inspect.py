@@ -28,9 +28,9 @@ def inspect(
     from stmed.images import load_image
     from stmed.stages.inspect import inspect_image
 
-    load_image(image)  # a bad image fails here, before the model loads
+    _, info = load_image(image)  # a bad image fails here, before the model loads
     engine = c.make_backend("hf", c.ModelFlags(model, adapter, device, dtype, trust_remote_code), batch_size=8)
-    result = inspect_image(engine, image, question or [], n_questions=n_questions, seed=seed,
+    result = inspect_image(engine, image, info, question or [], n_questions=n_questions, seed=seed,
                            max_new_tokens=max_new_tokens)
     if as_json:
         print(json.dumps(result, ensure_ascii=False))

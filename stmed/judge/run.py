@@ -16,11 +16,12 @@ from typing import Any
 
 from stmed.backends import ChatRequest
 from stmed.errors import InputError, RecordError
-from stmed.images import encode_for_api, load_image, resolve_path
+from stmed.images import encode_for_api
 from stmed.judge.cost import JudgeStats
 from stmed.judge.prompt import JudgePrompt
 from stmed.judge.verdict import POLICIES, Judgement, Verdict, decide, orders, parse_scores
 from stmed.records import answer_texts
+from stmed.stages.common import record_image
 
 BACKENDS = ("openai", "batch", "local")
 
@@ -125,12 +126,7 @@ def question_of(rec) -> str:
 
 def prepare(rec, cfg: JudgeConfig, *, keep_image: bool = False) -> Prepared:
     answers, question = answers_of(rec), question_of(rec)
-    if not rec.get("image"):
-        raise RecordError(f"{rec.where}: missing field 'image'")
-    try:
-        img, _ = load_image(resolve_path(str(rec["image"]), rec.base_dir, cfg.image_root))
-    except RecordError as e:
-        raise RecordError(f"{rec.where}: {e}") from None
+    img = record_image(rec, cfg.image_root)
     if keep_image:
         return Prepared(rec, question, answers, image=img)
     url, sha = encode_for_api(img, cfg.max_side)

@@ -6,14 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from stmed.errors import RecordError
-from stmed.images import load_image
 from stmed.records import ErrorSink, Record
 from stmed.stages import answers, questions
 
 
-def inspect_image(backend, path: Path, asked: list[str], *, n_questions: int = 3, seed: int = 0,
+def inspect_image(backend, path: Path, info, asked: list[str], *, n_questions: int = 3, seed: int = 0,
                   max_new_tokens: int = 128) -> dict:
-    _, info = load_image(path)  # raises ImageError (exit 2) before any model work
+    """``info``: the ImageInfo from opening ``path`` (done before the model loads, so a bad image
+    is an input error that costs no model time)."""
     rec = Record.at({"id": path.name, "image": str(path.resolve())}, str(path), path.resolve().parent)
     sink = ErrorSink(None)
     qcfg = questions.QuestionsConfig(n=n_questions, seed=seed, max_new_tokens=max_new_tokens,
