@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stmed import __version__
-from stmed.errors import InputError, RecordError
+from stmed.errors import InputError
 from stmed.evaluation.metrics import aggregate, score_item, suggest
 from stmed.records import ErrorSink, Record, read_records
 
@@ -60,36 +60,21 @@ def scored(item: Record, prediction: str, **extra) -> Record:
 
 def run(cfg: EvalConfig, backend, items: list[Record], errors: ErrorSink, done: set[str] = frozenset(),
         tracker=None) -> Iterator[Record]:
-    """Each item not yet ``done`` with its greedy prediction and scores, in input order."""
-    from stmed.core.generate import GenRequest
-    from stmed.stages.common import chunk_size, chunks, record_image
+    """Each item not yet ``done`` with its greedy prediction and scores, in input order.
 
+    Generation is the answer stage's, with one greedy answer per question: batching, images,
+    per-record failures and the errors file behave exactly as in ``stmed answer``."""
+    from stmed.prompts import Prompt
+    from stmed.stages import answers
+
+    template = Prompt(f"eval-{cfg.prompt}", cfg.text("{question}"), PROMPT_VERSIONS[cfg.prompt])
+    acfg = answers.AnswersConfig(greedy=True, max_new_tokens=cfg.max_new_tokens, chunk_size=cfg.chunk_size,
+                                 image_root=cfg.image_root, pad_square=cfg.pad_square, template=template)
     meta = {**backend.describe(), **cfg.sampling().record(), "prompt": cfg.prompt_record(), "stmed": __version__}
-    for chunk in chunks((it for it in items if it["id"] not in done), chunk_size(cfg.chunk_size, backend)):
-        ready: list[tuple[Record, object]] = []
-        for item in chunk:
-            try:
-                image = record_image(item, cfg.image_root, cfg.pad_square)
-            except RecordError as e:
-                errors.add(item, str(e))
-                if tracker:
-                    tracker.advance(kind="failed")
-                continue
-            messages = [{"role": "user", "content": cfg.text(item["question"])}]
-            ready.append((item, GenRequest(messages, image, seeds=[None])))
-        outputs = {}
-        for j, out in backend.generate([req for _, req in ready], cfg.sampling()):
-            outputs[j] = out
-        for j, (item, _) in enumerate(ready):
-            out = outputs.get(j)
-            if isinstance(out, Exception) or out is None:  # a remote backend reports failures per request
-                errors.add(item, f"{item.where}: generation failed ({out})")
-                if tracker:
-                    tracker.advance(kind="failed")
-                continue
-            if tracker:
-                tracker.advance(tokens=out.total_tokens)
-            yield scored(item, out.texts[0], gen=meta)
+    for rec in answers.run(acfg, backend, items, errors, done, tracker):
+        prediction = rec["answers"][0]["text"]
+        item = Record.at({k: v for k, v in rec.items() if k not in ("answers", "answer_gen")}, rec.where, rec.base_dir)
+        yield scored(item, prediction, gen=meta)
 
 
 # ---------------------------------------------------------------- scoring an answer file
