@@ -6,6 +6,12 @@ saved with save_pretrained, and loads through the same code users run on real mo
 
     python tools/make_tiny_model.py OUTDIR [--seed 0]
     python tools/make_tiny_model.py OUTDIR --shape llava-7b   # random bf16 LLaVA-1.5-7B shape (GPU bench)
+    python tools/make_tiny_model.py OUTDIR --from-processor tests/fixtures/processors/qwen2-vl-2b-instruct
+
+``--from-processor FOLDER`` builds a tiny random model around a REAL checkpoint's processor
+files (tokenizer, chat template, image processor, config): the architecture comes from the
+config, the sizes are shrunk, and the vocabulary, special and image token ids and the image
+settings are kept, so tests see the exact tokens and templates of that model family.
 """
 
 from __future__ import annotations
@@ -153,6 +159,79 @@ def build_in_memory(shape: str = "tiny", *, seed: int = 0, device: str = "cpu"):
     return model, processor
 
 
+# Sizes of a tiny model built around a real processor: every field named here is shrunk to this
+# value wherever it appears in the config or a sub-config; everything else (vocabulary, token
+# ids, patch and image sizes, merge sizes) stays as the checkpoint has it.
+TINY_SIZES = {
+    "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+    "num_key_value_heads": 2, "head_dim": 16, "projection_dim": 32, "embed_dim": 32, "depth": 2, "num_heads": 2,
+    "out_hidden_size": 64, "mm_hidden_size": 64, "vision_output_dim": 64,
+}
+TINY_VISION = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2, "head_dim": 16}
+# Files of a processor folder that describe the model, not the processor: never copied.
+MODEL_FILES = {"config.json", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"}
+
+
+def _shrink(cfg, sizes: dict) -> None:
+    for key, value in sizes.items():
+        if hasattr(cfg, key) and isinstance(getattr(cfg, key), int):
+            setattr(cfg, key, value)
+    if isinstance(getattr(cfg, "layer_types", None), list) and hasattr(cfg, "num_hidden_layers"):
+        cfg.layer_types = cfg.layer_types[: cfg.num_hidden_layers]
+    rope = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None)
+    if isinstance(rope, dict) and "mrope_section" in rope:  # M-RoPE: sections split head_dim / 2
+        head = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        old = rope["mrope_section"]
+        new = [max(1, round(x * (head // 2) / sum(old))) for x in old]
+        new[0] += head // 2 - sum(new)
+        rope["mrope_section"] = new
+
+
+def tiny_config_from(folder: str | Path):
+    """The checkpoint's config with its sizes shrunk (see TINY_SIZES)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(folder))
+    text = getattr(config, "text_config", None)
+    vision = getattr(config, "vision_config", None)
+    _shrink(config, TINY_SIZES)
+    if text is not None:
+        _shrink(text, TINY_SIZES)
+        text.max_window_layers = getattr(text, "max_window_layers", None) and text.num_hidden_layers
+    if vision is not None:
+        _shrink(vision, {**TINY_SIZES, **TINY_VISION})
+        # Where the vision tower's merger feeds the text model directly, its output is text-sized:
+        # Qwen2-VL names its inner width embed_dim and its output hidden_size; Qwen2.5-VL says out_hidden_size.
+        if hasattr(vision, "embed_dim"):
+            vision.hidden_size = TINY_SIZES["hidden_size"]
+        if hasattr(vision, "out_hidden_size"):
+            vision.out_hidden_size = TINY_SIZES["hidden_size"]
+    layers = getattr(config, "vision_feature_layer", None)
+    if isinstance(layers, int) and vision is not None and hasattr(vision, "num_hidden_layers"):
+        config.vision_feature_layer = max(layers, -vision.num_hidden_layers)
+    return config
+
+
+def build_from_processor(folder: str | Path, outdir: str | Path, *, seed: int = 0) -> Path:
+    """A tiny random model around the real processor files in ``folder``, saved to ``outdir``."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    folder, outdir = Path(folder), Path(outdir)
+    config = tiny_config_from(folder)
+    config.dtype = "float32"
+    torch.manual_seed(seed)
+    model = AutoModelForImageTextToText.from_config(config)
+    outdir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(outdir)
+    for f in folder.iterdir():  # the processor as the checkpoint ships it, byte for byte
+        if f.is_file() and f.name not in MODEL_FILES:
+            shutil.copyfile(f, outdir / f.name)
+    return outdir
+
+
 def build(outdir: str | Path, *, seed: int = 0, shape: str = "tiny", device: str = "cpu") -> Path:
     outdir = Path(outdir)
     model, processor = build_in_memory(shape, seed=seed, device=device)
@@ -168,10 +247,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--shape", choices=["tiny", "llava-7b"], default="tiny")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--from-processor", metavar="FOLDER", help="a real checkpoint's processor files to build around")
     args = ap.parse_args(argv)
-    out = build(args.outdir, seed=args.seed, shape=args.shape, device=args.device)
+    if args.from_processor:
+        out = build_from_processor(args.from_processor, args.outdir, seed=args.seed)
+    else:
+        out = build(args.outdir, seed=args.seed, shape=args.shape, device=args.device)
     size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
-    print(f"wrote {args.shape} random LLaVA to {out} ({size / 1e6:.1f} MB)", file=sys.stderr)
+    kind = f"model around {args.from_processor}" if args.from_processor else f"{args.shape} LLaVA"
+    print(f"wrote a random {kind} to {out} ({size / 1e6:.1f} MB)", file=sys.stderr)
     return 0
 
 
