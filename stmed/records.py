@@ -126,13 +126,16 @@ def answer_texts(record: Record) -> list[str]:
     return out
 
 
-def scan_output(path: Path, key: str = "id") -> set[str]:
-    """Keys already in an output file; repairs a torn last line left by a killed run."""
+def scan_output(path: Path, key: str = "id", *, repair: bool = True) -> set[str]:
+    """Keys already in an output file; repairs a torn last line left by a killed run (with
+    ``repair=False`` only reads, leaving a torn last line out, for a process that does not own the file)."""
     if not path.exists() or path.stat().st_size == 0:
         return set()
-    with open(path, "rb+") as f:
+    with open(path, "rb+" if repair else "rb") as f:
         data = f.read()
-        if not data.endswith(b"\n"):
+        if not repair and not data.endswith(b"\n"):
+            data = data[: data.rfind(b"\n") + 1]
+        elif not data.endswith(b"\n"):
             cut = data.rfind(b"\n") + 1
             tail = data[cut:]
             try:

@@ -107,14 +107,46 @@ def open_input(source: str, *, image_root: Path | None = None, folder_ok: bool =
     return read_records(source)
 
 
+def select(records: list, *, shard: str | None = None, limit: int | None = None) -> list:
+    """``--limit``, then ``--shard I/N``, then this process's share when a launcher started
+    several (stmed.distributed): the records this process works on."""
+    from stmed.distributed import share
+    from stmed.records import select as pick
+
+    return share(pick(records, shard=parse_shard(shard), limit=limit))
+
+
 def run_stage(name: str, produce, *, output: str | None, errors: str | None, overwrite: bool, quiet: bool,
               total: int, unit: str = "records") -> int:
     """Open the resumable output and the errors file, drive ``produce(writer.done, errors, tracker)``,
-    write what it yields, print the summary; returns the exit code."""
+    write what it yields, print the summary; returns the exit code. Under a launcher of N
+    processes each writes its part and the main process merges them (stmed.distributed)."""
+    from stmed.distributed import Parts, summary_line, world
+
+    w = world()
+    if not w.active:
+        return _run_stage(name, produce, output=output, errors=errors, overwrite=overwrite, quiet=quiet, total=total,
+                          unit=unit)
+    parts = Parts(w, [output], errors, overwrite=overwrite)
+    counts: dict = {}
+    code = _run_stage(f"{name} {w.label}", produce, output=parts.part(output), errors=parts.errors, overwrite=False,
+                      quiet=quiet, total=total, unit=unit, done=parts.done, counts=counts)
+    code, infos = parts.finish(code, {"counts": counts})
+    if w.main and not quiet:
+        print(summary_line(name, parts.finals[0], infos, parts.added[0]), file=sys.stderr)
+        failed = sum(i["counts"].get("failed", 0) for i in infos)
+        if failed and parts.final_errors is not None:
+            print(f"stmed {name}: {failed} failed record(s) listed in {parts.final_errors}", file=sys.stderr)
+    return code
+
+
+def _run_stage(name: str, produce, *, output, errors, overwrite: bool, quiet: bool, total: int, unit: str,
+               done: set[str] = frozenset(), counts: dict | None = None) -> int:
     from stmed.progress import track
     from stmed.records import ErrorSink, RecordWriter, default_errors_path
 
     writer = RecordWriter(output, overwrite=overwrite)
+    writer.done |= done
     sink = ErrorSink(errors if errors is not None else default_errors_path(output))
     try:
         with track(name, total, quiet=quiet, unit=unit) as tracker:
@@ -122,10 +154,12 @@ def run_stage(name: str, produce, *, output: str | None, errors: str | None, ove
             for record in produce(writer.done, sink, tracker):
                 writer.write(record)
             tracker.counts["failed"] = sink.count
+            if counts is not None:
+                counts.update(tracker.counts)
     finally:
         writer.close()
         sink.close()
-    if sink.count and sink.path is not None and not quiet:
+    if sink.count and sink.path is not None and not quiet and counts is None:  # with counts: the caller says it
         print(f"stmed {name}: {sink.count} failed record(s) listed in {sink.path}", file=sys.stderr)
     return exit_code(sink.count)
 
@@ -142,7 +176,9 @@ def make_backend(backend: str, flags: ModelFlags, *, batch_size: int, base_url: 
     """The generation backend a command asked for (the model loads here, after input checks)."""
     if backend == "hf":
         from stmed.core.backend import HFBackend
+        from stmed.distributed import device
 
+        flags.device = device(flags.device)  # under a launcher, auto is this process's own GPU
         # A record the model fails on becomes that record's error (the stages report it), as with openai.
         return HFBackend(flags.spec(), batch_size=batch_size, static_cache=static_cache, isolate_failures=True)
     if backend == "openai":

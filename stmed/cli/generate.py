@@ -44,7 +44,6 @@ def gen_questions(
 ) -> int:
     """Describe each image, then ask N questions about it as the model's own virtual user."""
     from stmed import prompts
-    from stmed.records import select
     from stmed.stages import questions
 
     cfg = questions.QuestionsConfig(
@@ -54,7 +53,7 @@ def gen_questions(
         describe_prompt=prompts.get("describe", describe_prompt), ask_prompt=prompts.get("instruct-ask", ask_prompt))
     if backend == "openai" and strategy == "vuser":
         c.fail("--strategy vuser needs raw prompt continuation, which --backend openai cannot do; use --strategy instruct")
-    records = select(_nonempty(c.open_input(input, folder_ok=True), input), shard=c.parse_shard(shard), limit=limit)
+    records = c.select(_nonempty(c.open_input(input, folder_ok=True), input), shard=shard, limit=limit)
     engine = c.make_backend(backend, c.ModelFlags(model, adapter, device, dtype, trust_remote_code), batch_size=batch_size,
                             base_url=base_url, api_key_env=api_key_env, concurrency=concurrency, static_cache=static_cache)
     return c.run_stage("gen-questions", lambda done, sink, t: questions.run(cfg, engine, records, sink, done, t),
@@ -82,7 +81,6 @@ def answer(
 ) -> int:
     """Sample N answers to each question, each with its own recorded seed."""
     from stmed import prompts
-    from stmed.records import select
     from stmed.stages import answers
 
     cfg = answers.AnswersConfig(
@@ -90,7 +88,7 @@ def answer(
         top_p=top_p, max_new_tokens=max_new_tokens, image_root=image_root, pad_square=pad_square,
         system_prompt=prompts.from_file("system", system_prompt) if system_prompt else None,
         template=prompts.from_file("template", template) if template else None)
-    records = select(_nonempty(c.open_input(input), input), shard=c.parse_shard(shard), limit=limit)
+    records = c.select(_nonempty(c.open_input(input), input), shard=shard, limit=limit)
     engine = c.make_backend(backend, c.ModelFlags(model, adapter, device, dtype, trust_remote_code), batch_size=batch_size,
                             base_url=base_url, api_key_env=api_key_env, concurrency=concurrency, static_cache=static_cache)
     return c.run_stage("answer", lambda done, sink, t: answers.run(cfg, engine, records, sink, done, t),

@@ -49,7 +49,7 @@ def judge(
     from stmed.judge.cost import load_prices
     from stmed.judge.run import JudgeConfig
     from stmed.judge.session import judge_session
-    from stmed.records import read_records, select
+    from stmed.records import read_records
 
     if export not in (None, "stllava"):
         c.fail(f"--export {export!r}: expected stllava")
@@ -71,7 +71,7 @@ def judge(
     records = read_records(input)
     if not records:  # as gen-questions and answer: nothing to judge is a mistake, not a finished run
         c.fail(f"{'<stdin>' if input == '-' else input}: no records (empty input)")
-    records = select(records, shard=c.parse_shard(shard), limit=limit)
+    records = c.select(records, shard=shard, limit=limit)
     return judge_session(cfg, records, output=output, skipped=skipped, errors=errors, overwrite=overwrite, quiet=quiet,
                          cache=None if no_cache or backend == "local" else (cache or "default"), prices=table,
                          export=export)
