@@ -38,6 +38,7 @@ def eval_(
     output: c.Output = None, errors: c.Errors = None, overwrite: c.Overwrite = False, quiet: c.Quiet = False,
 ) -> int:
     """Zero-shot VQA-RAD / SLAKE / PathVQA, scored as LLaVA-Med v1.0 scores (and stricter)."""
+    from stmed.distributed import share, world
     from stmed.evaluation import benchmarks, stage
     from stmed.records import select
 
@@ -47,20 +48,23 @@ def eval_(
                            pad_square=pad_square, bootstrap=bootstrap, seed=seed)
     bench_data = benchmarks.load_benchmark(bench, data, fmt=format, split=split, lang=lang, image_root=image_root)
     items = select(bench_data.items, limit=limit)
-    _announce(bench_data, len(items), quiet)
+    mine = share(items)  # this process's share when a launcher started several (stmed.distributed)
+    _announce(bench_data, len(items), quiet or not world().main)
     if predictions is not None:
         preds = stage.read_predictions(predictions, items, {it["id"] for it in bench_data.items})
-        produce, overwrite = (lambda done, sink, t: stage.score_predictions(items, preds, t)), True  # instant: redo
+        produce, overwrite = (lambda done, sink, t: stage.score_predictions(mine, preds, t)), True  # instant: redo
         run_info = {"mode": "predictions", "predictions": predictions, "model": Path(predictions).stem}
     else:
         engine = c.make_backend(backend, c.ModelFlags(model, adapter, device, dtype, trust_remote_code), batch_size=batch_size,
                                 base_url=base_url, api_key_env=api_key_env, concurrency=concurrency, static_cache=static_cache)
-        produce = lambda done, sink, t: stage.run(cfg, engine, items, sink, done, t)  # noqa: E731
+        produce = lambda done, sink, t: stage.run(cfg, engine, mine, sink, done, t)  # noqa: E731
         run_info = {"mode": "generate", **engine.describe(), **cfg.sampling().record(), "pad_square": pad_square}
     kept: list[dict] = []
     code = c.run_stage("eval", lambda *a: _keep(produce(*a), kept), output=output, errors=errors,
-                       overwrite=overwrite, quiet=quiet, total=len(items))
-    resumed = predictions is None and output not in (None, "-")
+                       overwrite=overwrite, quiet=quiet, total=len(mine))
+    if not world().main:
+        return code  # the main process merged every share and scores the whole output
+    resumed = (predictions is None or world().active) and output not in (None, "-")
     if resumed:
         kept = stage.read_output(Path(output), {it["id"] for it in items})  # earlier runs' lines count too
     result = stage.summarize(kept, bench_data, name=name or Path(str(run_info.get("model", "run"))).name, run_info=run_info,
