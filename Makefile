@@ -14,11 +14,15 @@ JUDGE_BACKEND ?= openai              # openai | batch | local
 IMAGES ?= examples/images            # folder or JSONL of unlabeled medical images
 ROUNDS ?= 1                          # self-training rounds; round K+1 starts from round K's merged model
 OUT    ?= runs/selftrain             # outputs: OUT/round-K/{questions,answers,pairs}.jsonl, OUT/round-K/dpo/
-# make eval: benchmark files (PathVQA is not bundled: point PATHVQA at your copy to include it)
-VQA_RAD ?= ../shared/data/vqa_rad/VQA_RAD Dataset Public.json
-SLAKE   ?= ../shared/data/slake/test.json
+# make eval: benchmark files; empty = the copies carried in examples/data (VQA-RAD, SLAKE English).
+# PathVQA is not carried: PATHVQA=hub downloads the Hugging Face mirror once, or set it to your copy.
+VQA_RAD ?=
+SLAKE   ?=
 PATHVQA ?=
 EVAL_OUT ?= runs/eval
+
+# --data FILE when a benchmark variable is set, nothing (the carried or Hub copy) when it is empty
+data_flag = $(if $(strip $(1)),--data "$(strip $(1))")
 
 .PHONY: setup demo test bench selftrain eval docs clean
 
@@ -56,11 +60,11 @@ selftrain: $(STAMP)
 ## eval: zero-shot VQA-RAD, SLAKE (and PathVQA when PATHVQA is set) for MODEL, then a report
 eval: $(STAMP)
 	mkdir -p "$(EVAL_OUT)"
-	$(BIN)/stmed eval --bench vqa-rad --data "$(strip $(VQA_RAD))" -m "$(strip $(MODEL))" \
+	$(BIN)/stmed eval --bench vqa-rad $(call data_flag,$(VQA_RAD)) -m "$(strip $(MODEL))" \
 	  -o "$(EVAL_OUT)/vqa-rad.jsonl" --summary "$(EVAL_OUT)/vqa-rad.json"
-	$(BIN)/stmed eval --bench slake --data "$(strip $(SLAKE))" -m "$(strip $(MODEL))" \
+	$(BIN)/stmed eval --bench slake $(call data_flag,$(SLAKE)) -m "$(strip $(MODEL))" \
 	  -o "$(EVAL_OUT)/slake.jsonl" --summary "$(EVAL_OUT)/slake.json"
-	if [ -n "$(strip $(PATHVQA))" ]; then $(BIN)/stmed eval --bench pathvqa --data "$(strip $(PATHVQA))" \
+	if [ -n "$(strip $(PATHVQA))" ]; then $(BIN)/stmed eval --bench pathvqa $(call data_flag,$(filter-out hub,$(PATHVQA))) \
 	  -m "$(strip $(MODEL))" -o "$(EVAL_OUT)/pathvqa.jsonl" --summary "$(EVAL_OUT)/pathvqa.json"; fi
 	$(BIN)/stmed report $(EVAL_OUT)/*.json --markdown "$(EVAL_OUT)/report.md"
 

@@ -27,6 +27,10 @@ stmed judge "$OUT/answers.jsonl" --judge-model "$JUDGE" --concurrency 32 \
 #    Multi-GPU: accelerate launch --config_file examples/accelerate/zero3.yaml -m stmed.cli dpo ...
 stmed dpo "$OUT/pairs.jsonl" -m "$MODEL" -o "$OUT/dpo" --merge
 
-# 4. Zero-shot evaluation of the trained model, scored as LLaVA-Med v1.0 scores.
-stmed eval --bench vqa-rad --data "${VQA_RAD:-../shared/data/vqa_rad/VQA_RAD Dataset Public.json}" \
-  -m "$OUT/dpo/merged" -o "$OUT/eval-vqa-rad.jsonl" --summary "$OUT/eval-vqa-rad.json"
+# 4. Zero-shot evaluation of the trained model, scored as LLaVA-Med v1.0 scores. Without --data,
+#    VQA-RAD and SLAKE (English) are the copies carried in examples/data; PathVQA is downloaded
+#    once from the Hugging Face Hub (add --data FILE to score your own copy instead).
+for bench in vqa-rad slake; do
+  stmed eval --bench "$bench" -m "$OUT/dpo/merged" -o "$OUT/eval-$bench.jsonl" --summary "$OUT/eval-$bench.json"
+done
+stmed report "$OUT"/eval-*.json --markdown "$OUT/report.md"

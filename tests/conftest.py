@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
+BENCH_DATA = ROOT / "examples" / "data"  # real VQA-RAD and SLAKE files carried in the project
 EXAMPLE_IMAGES = ROOT / "examples" / "images"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the Hub
@@ -27,10 +27,8 @@ def tiny_model(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"real benchmark data not found at {SHARED_DATA}")
-    return SHARED_DATA
+def bench_data() -> Path:
+    return BENCH_DATA
 
 
 def run_stmed(*args: str, input: str | bytes | None = None, cwd: Path | None = None, env: dict | None = None,

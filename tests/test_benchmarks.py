@@ -1,4 +1,5 @@
-"""Loaders on the real VQA-RAD and SLAKE files, and on fixtures in other formats written from them."""
+"""Loaders on the real VQA-RAD and SLAKE files carried in examples/data, and on fixtures in other
+formats written from them."""
 
 from __future__ import annotations
 
@@ -9,13 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from conftest import BENCH_DATA
 from stmed.errors import InputError
 from stmed.evaluation.benchmarks import detect_format, get_benchmark, load_benchmark, missing_images
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-RAD = DATA / "vqa_rad" / "VQA_RAD Dataset Public.json"
-SLAKE = DATA / "slake" / "test.json"
-needs_data = pytest.mark.skipif(not RAD.exists() or not SLAKE.exists(), reason=f"real benchmark data not found under {DATA}")
+RAD = BENCH_DATA / "vqa_rad" / "VQA_RAD Dataset Public.json"
+SLAKE = BENCH_DATA / "slake" / "test.json"
 
 
 def _core(items):
@@ -25,31 +25,26 @@ def _core(items):
 
 @pytest.fixture(scope="module")
 def rad_test():
-    if not RAD.exists():
-        pytest.skip(f"VQA-RAD not found at {RAD}")
     return load_benchmark("vqa-rad", RAD)
 
 
 @pytest.fixture(scope="module")
 def rad_rows():
-    if not RAD.exists():
-        pytest.skip(f"VQA-RAD not found at {RAD}")
     rows = json.loads(RAD.read_text())
     return [r for r in rows if r["phrase_type"] in ("test_freeform", "test_para")]
 
 
-@needs_data
 def test_vqa_rad_test_split_counts_and_images(rad_test):
     assert rad_test.format == "vqa-rad"
     assert rad_test.counts() == {"total": 451, "closed": 272, "open": 179}
     assert len({it["image"] for it in rad_test.items}) == 203
     assert missing_images(rad_test.items) == [], "every test image must resolve"
     assert rad_test.notes == [], "the standard split raises no count warning"
+    assert rad_test.standard == "official"
     first = rad_test.items[0]
     assert first.keys() >= {"id", "image", "question", "answer", "answer_type", "question_type"}
 
 
-@needs_data
 def test_vqa_rad_folder_train_and_all(rad_test):
     assert _core(load_benchmark("vqa-rad", RAD.parent).items[:5]) == _core(rad_test.items[:5])
     train = load_benchmark("vqa-rad", RAD, split="train")
@@ -62,18 +57,38 @@ def test_vqa_rad_folder_train_and_all(rad_test):
         load_benchmark("vqa-rad", RAD, split="val")
 
 
-@needs_data
-def test_slake_english_and_other_languages():
+def test_slake_english_and_other_languages(tmp_path):
     en = load_benchmark("slake", SLAKE)
-    assert en.counts() == {"total": 1061, "closed": 416, "open": 645}
+    assert en.counts() == {"total": 1061, "closed": 416, "open": 645} and en.standard == "official"
     assert len({it["image"] for it in en.items}) == 96
     assert missing_images(en.items) == []
     assert {it["lang"] for it in en.items} == {"en"}
-    assert len(load_benchmark("slake", SLAKE.parent, lang="zh").items) == 1033
-    every = load_benchmark("slake", SLAKE, lang="all")
-    assert len(every.items) == 2094 and missing_images(every.items) == []
+    with pytest.raises(InputError, match="no test items"):
+        load_benchmark("slake", SLAKE, lang="zh")  # the carried copy is the English rows only
+    # a release with both languages: rows the same as the English ones but for q_lang and qid
+    rows = json.loads(SLAKE.read_text())
+    both = rows + [{**r, "q_lang": "zh", "qid": r["qid"] + 100000} for r in rows[:30]]
+    (tmp_path / "test.json").write_text(json.dumps(both, ensure_ascii=False))
+    os.symlink(SLAKE.parent / "imgs", tmp_path / "imgs")
+    zh = load_benchmark("slake", tmp_path, lang="zh")
+    assert len(zh.items) == 30 and zh.notes == [], "no standard counts are claimed for Chinese"
+    every = load_benchmark("slake", tmp_path / "test.json", lang="all")
+    assert len(every.items) == 1091 and missing_images(every.items) == []
     with pytest.raises(InputError, match="--lang"):
         load_benchmark("slake", SLAKE, lang="fr")
+
+
+def test_benchmarks_by_name_use_the_carried_copies():
+    rad, slake = load_benchmark("vqa-rad"), load_benchmark("slake")
+    assert rad.source == {"kind": "bundled", "path": "examples/data/vqa_rad/VQA_RAD Dataset Public.json"}
+    assert rad.counts() == {"total": 451, "closed": 272, "open": 179} and rad.standard == "official"
+    assert slake.source["kind"] == "bundled" and slake.counts()["total"] == 1061
+    assert rad.describe()["expected"] == {"total": 451, "closed": 272, "open": 179}
+    assert missing_images(rad.items) == [] and missing_images(slake.items) == []
+    with pytest.raises(InputError, match="bundled copy holds only en"):
+        load_benchmark("slake", lang="zh")
+    with pytest.raises(InputError, match="needs --data"):
+        load_benchmark("jsonl")
 
 
 def _link_images(rad_rows, folder: Path, suffix: str = ".jpg") -> None:
@@ -117,7 +132,7 @@ def _write_parquet(path: Path, rad_rows, with_type: bool) -> None:
     }
     if with_type:
         columns["answer_type"] = [r["answer_type"] for r in rad_rows]
-    pq.write_table(pa.table(columns), path)
+    pq.write_table(pa.table(columns), path, row_group_size=50)  # Hub exports hold many row groups
 
 
 def test_parquet_export_with_image_bytes(tmp_path, monkeypatch, rad_rows, rad_test):
@@ -125,14 +140,26 @@ def test_parquet_export_with_image_bytes(tmp_path, monkeypatch, rad_rows, rad_te
     _write_parquet(tmp_path / "test-00000-of-00001.parquet", rad_rows, with_type=False)
     got = load_benchmark("vqa-rad", tmp_path)  # a folder holding a Hugging Face split file
     assert got.format == "parquet"
+    assert not (tmp_path / "cache").exists(), "loading reads the text columns only: no image is written yet"
+    assert got.materialize(got.items[60:63]) == 3, "a run writes the images of its own items only"
+    assert len(list((tmp_path / "cache" / "parquet-images").iterdir())) <= 3
+    got.materialize(got.items)
     assert _core(got.items) == _core(rad_test.items), "same questions, answers and image bytes as the JSON"
-    assert all(it["answer_type_derived"] for it in got.items)
-    for mine, ref in zip(got.items, rad_test.items):
-        if ref["answer"].lower() in ("yes", "no"):
-            assert mine["answer_type"] == "CLOSED" == ref["answer_type"], "a yes/no answer is closed in both"
-    assert any("derived" in n for n in got.notes)
+    # the file has no answer_type: VQA-RAD's are recovered from the release by question and answer text
+    assert [it["answer_type"] for it in got.items] == [it["answer_type"] for it in rad_test.items]
+    assert not any(it.get("answer_type_derived") for it in got.items)
+    assert any("recovered from the official release" in n and "451 of 451" in n for n in got.notes), got.notes
+    assert got.standard == "official"
     assert len({it["image"] for it in got.items}) == 203, "images are stored once per content"
     assert all(str(tmp_path / "cache") in it["image"] for it in got.items)
+
+    # a benchmark with no release here to join to: a yes/no answer is CLOSED, and the notes say so
+    other = load_benchmark("slake", tmp_path / "test-00000-of-00001.parquet")
+    assert all(it["answer_type_derived"] for it in other.items)
+    for mine, ref in zip(other.items, rad_test.items):
+        if ref["answer"].lower() in ("yes", "no"):
+            assert mine["answer_type"] == "CLOSED" == ref["answer_type"], "a yes/no answer is closed in both"
+    assert any("derived for 451 items" in n for n in other.notes) and other.standard is None
 
     _write_parquet(tmp_path / "typed.parquet", rad_rows, with_type=True)
     typed = load_benchmark("vqa-rad", tmp_path / "typed.parquet")

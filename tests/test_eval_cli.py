@@ -1,4 +1,5 @@
-"""`stmed eval` and `stmed report` through the real command line, on the real VQA-RAD files."""
+"""`stmed eval` and `stmed report` through the real command line, on the real VQA-RAD files
+carried in examples/data, and the Hub path on a local folder laid out as the Hub cache."""
 
 from __future__ import annotations
 
@@ -9,11 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_stmed
+from conftest import BENCH_DATA, run_stmed
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-RAD = DATA / "vqa_rad" / "VQA_RAD Dataset Public.json"
-pytestmark = pytest.mark.skipif(not RAD.exists(), reason=f"VQA-RAD not found at {RAD}")
+RAD = BENCH_DATA / "vqa_rad" / "VQA_RAD Dataset Public.json"
 
 
 @pytest.fixture(scope="module")
@@ -57,10 +56,14 @@ def test_predictions_end_to_end(tmp_path, rad_rows):
 
     # stmed's own items file scores to the same numbers when fed back as predictions
     again = tmp_path / "again.json"
-    proc = run_stmed("eval", "--bench", "vqa-rad", "--data", RAD.parent, "--predictions", out, "-o", tmp_path / "b.jsonl",
+    # (and `--bench vqa-rad` without --data is the same file: the copy carried in examples/data)
+    proc = run_stmed("eval", "--bench", "vqa-rad", "--predictions", out, "-o", tmp_path / "b.jsonl",
                      "--summary", again, "--bootstrap", "200", "-q")
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
-    assert json.loads(again.read_text())["metrics"] == s["metrics"]
+    by_name = json.loads(again.read_text())
+    assert by_name["metrics"] == s["metrics"] and by_name["benchmark"]["sha256"] == s["benchmark"]["sha256"]
+    assert by_name["benchmark"]["source"] == {"kind": "bundled", "path": "examples/data/vqa_rad/VQA_RAD Dataset Public.json"}
+    assert s["benchmark"]["source"] == {"kind": "file"} and s["benchmark"]["standard"] == "official"
 
     # report: runs as columns, markdown written
     md = tmp_path / "report.md"
@@ -186,3 +189,78 @@ def test_openai_backend_end_to_end(tmp_path):
     s = json.loads(summary.read_text())
     assert s["run"]["backend"] == "openai" and s["counts"]["total"] == 4
     assert "sk-test-not-a-secret" not in out.read_text() + summary.read_text() + proc.stderr
+
+
+def _hub_snapshot(home: Path, repo: str, rev: str, rows, name: str, *, main_ref: bool = False) -> Path:
+    """A Hub dataset as huggingface_hub caches it: HF_HOME/hub/datasets--OWNER--NAME/snapshots/REV/..."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    repo_dir = home / "hub" / f"datasets--{repo.replace('/', '--')}"
+    path = repo_dir / "snapshots" / rev / name
+    path.parent.mkdir(parents=True)
+    table = pa.table({"image": [{"bytes": (RAD.parent / "images" / r["image_name"]).read_bytes(), "path": None} for r in rows],
+                      "question": [r["question"] for r in rows], "answer": [str(r["answer"]) for r in rows],
+                      "qid": [str(r["qid"]) for r in rows]})
+    pq.write_table(table, path, row_group_size=100)
+    if main_ref:
+        (repo_dir / "refs").mkdir()
+        (repo_dir / "refs" / "main").write_text(rev)
+    return path
+
+
+def test_pathvqa_by_name_from_the_hub_cache_offline(tmp_path, rad_rows):
+    from stmed.evaluation.benchmarks import file_sha256
+
+    rev = "0123456789abcdef0123456789abcdef01234567"
+    shard = _hub_snapshot(tmp_path / "hf", "flaviagiammarino/path-vqa", rev, rad_rows,
+                          "data/test-00000-of-00001.parquet", main_ref=True)
+    _write_llava_preds(tmp_path / "answers.jsonl", rad_rows)
+    env = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "STMED_CACHE_DIR": str(tmp_path / "cache")}
+    summary = tmp_path / "s.json"
+    proc = run_stmed("eval", "--bench", "pathvqa", "--predictions", tmp_path / "answers.jsonl", "-o", tmp_path / "o.jsonl",
+                     "--summary", summary, "--bootstrap", "0", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert f"from Hugging Face Hub flaviagiammarino/path-vqa@{rev[:12]} (parquet): 451 items" in proc.stderr
+    bench = json.loads(summary.read_text())["benchmark"]
+    assert bench["source"] == {"kind": "hub", "repo_id": "flaviagiammarino/path-vqa", "revision": rev,
+                               "files": {"data/test-00000-of-00001.parquet": file_sha256(shard)}}
+    assert bench["counts"]["total"] == 451 and bench["standard"] is None
+    assert any("expected 6761" in n for n in bench["notes"]), "a copy that is neither split is flagged"
+    assert any("as pathvqa's official release defines" in n for n in bench["notes"])
+    assert not (tmp_path / "cache").exists(), "scoring answers never writes an image"
+
+
+def test_missing_download_offline_is_one_line(tmp_path):
+    env = {"HF_HOME": str(tmp_path / "empty"), "HF_HUB_OFFLINE": "1"}
+    proc = run_stmed("eval", "--bench", "pathvqa", "--predictions", tmp_path / "a.jsonl", "-o", tmp_path / "o.jsonl", env=env)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "flaviagiammarino/path-vqa@main is not in the Hugging Face cache" in proc.stderr
+    assert str(tmp_path / "empty") in proc.stderr and "--data" in proc.stderr
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_pinned_hub_copy_is_hash_checked(tmp_path, rad_rows, monkeypatch):
+    """VQA-RAD's Hub copy is pinned by commit and hash; it is used when the project's copy is absent."""
+    import dataclasses
+
+    from huggingface_hub import constants
+
+    from stmed.evaluation import benchmarks, sources
+
+    pinned = sources.HUB["vqa-rad"]
+    (name, _), = pinned.sha256.items()
+    shard = _hub_snapshot(tmp_path / "hf", pinned.repo_id, pinned.revision, rad_rows, name)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    monkeypatch.setattr(sources, "BUNDLED_ROOT", tmp_path / "no-copy-here")
+    monkeypatch.setenv("STMED_CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.raises(benchmarks.InputError, match="differs from the pinned"):
+        benchmarks.load_benchmark("vqa-rad")
+    monkeypatch.setitem(sources.HUB, "vqa-rad", dataclasses.replace(pinned, sha256={name: benchmarks.file_sha256(shard)}))
+    got = benchmarks.load_benchmark("vqa-rad")
+    assert got.source["kind"] == "hub" and got.source["revision"] == pinned.revision and got.format == "parquet"
+    # no release to join to here: the types are derived, and the notes say the split's own are unknown
+    assert got.counts()["total"] == 451 and got.standard is None
+    assert any("no official release here" in n for n in got.notes), got.notes
+    assert any("with derived answer types" in n for n in got.notes), got.notes

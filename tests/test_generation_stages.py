@@ -28,15 +28,15 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in text.splitlines()]
 
 
-def vqa_rad_images(shared_data: Path, k: int) -> list[Path]:
-    return sorted((shared_data / "vqa_rad" / "images").glob("*.jpg"))[:k]
+def vqa_rad_images(bench_data: Path, k: int) -> list[Path]:
+    return sorted((bench_data / "vqa_rad" / "images").glob("*.jpg"))[:k]
 
 
 @pytest.fixture(scope="module")
-def image_dir(shared_data, tmp_path_factory) -> Path:
+def image_dir(bench_data, tmp_path_factory) -> Path:
     """Three real VQA-RAD images, one in a subfolder (directories are walked recursively)."""
     d = tmp_path_factory.mktemp("unlabeled")
-    a, b, c = vqa_rad_images(shared_data, 3)
+    a, b, c = vqa_rad_images(bench_data, 3)
     shutil.copy(a, d / a.name)
     shutil.copy(b, d / b.name)
     (d / "more").mkdir()
@@ -46,11 +46,11 @@ def image_dir(shared_data, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def question_file(shared_data, tmp_path_factory) -> Path:
+def question_file(bench_data, tmp_path_factory) -> Path:
     """Question records with relative image paths (resolved against this file's folder) and extra fields."""
     d = tmp_path_factory.mktemp("questions")
     (d / "imgs").mkdir()
-    images = vqa_rad_images(shared_data, 6)
+    images = vqa_rad_images(bench_data, 6)
     for p in images:
         shutil.copy(p, d / "imgs" / p.name)
     path = d / "questions.jsonl"
@@ -223,8 +223,8 @@ def check_errors_file(path: Path, src: Path, expect: dict[str, str]) -> None:
         assert says in errors[rid]["error"] and "\n" not in errors[rid]["error"], errors[rid]
 
 
-def test_gen_questions_bad_images_go_to_errors_file(shared_data, tiny_model, tmp_path):
-    src = write_bad_inputs(tmp_path, vqa_rad_images(shared_data, 2), question=False)
+def test_gen_questions_bad_images_go_to_errors_file(bench_data, tiny_model, tmp_path):
+    src = write_bad_inputs(tmp_path, vqa_rad_images(bench_data, 2), question=False)
     out = tmp_path / "q.jsonl"
     proc = run_stmed("gen-questions", src, "-m", tiny_model, "-n", "2", "--device", "cpu", "--max-new-tokens", "8",
                      "--describe-max-new-tokens", "8", "-o", out)
@@ -237,8 +237,8 @@ def test_gen_questions_bad_images_go_to_errors_file(shared_data, tiny_model, tmp
     assert [(r["ward"], r["meta"]) for r in records] == [("7B", {"study": 1})] * 2 + [("3A", {"study": 2})] * 2
 
 
-def test_answer_bad_records_go_to_errors_file(shared_data, tiny_model, tmp_path):
-    src = write_bad_inputs(tmp_path, vqa_rad_images(shared_data, 2), question=True)
+def test_answer_bad_records_go_to_errors_file(bench_data, tiny_model, tmp_path):
+    src = write_bad_inputs(tmp_path, vqa_rad_images(bench_data, 2), question=True)
     out = tmp_path / "a.jsonl"
     proc = run_stmed("answer", src, "-m", tiny_model, *TINY_GEN, "-o", out)
     assert proc.returncode == 1, proc.stderr

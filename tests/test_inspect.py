@@ -28,8 +28,8 @@ def made_cmyk_jpeg(folder: Path) -> Path:
     return folder / "cmyk.jpg"
 
 
-def vqa_rad_jpeg(shared_data: Path) -> Path:
-    return sorted((shared_data / "vqa_rad" / "images").glob("*.jpg"))[0]
+def vqa_rad_jpeg(bench_data: Path) -> Path:
+    return sorted((bench_data / "vqa_rad" / "images").glob("*.jpg"))[0]
 
 
 CASES = {
@@ -45,14 +45,14 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_inspect_json(case, tiny_model, shared_data, tmp_path):
+def test_inspect_json(case, tiny_model, bench_data, tmp_path):
     make, facts = CASES[case]
     if case == "16-bit-png":
         image = made_16bit_png(tmp_path)
     elif case == "cmyk-jpeg":
         image = made_cmyk_jpeg(tmp_path)
     else:
-        image = make(shared_data)
+        image = make(bench_data)
     proc = run_stmed("inspect", image, "-m", tiny_model, "-q", "Is there a fracture?", "--json", *FAST)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)  # the whole of stdout is one JSON object

@@ -11,9 +11,9 @@ from conftest import run_stmed
 
 
 @pytest.fixture(scope="module")
-def vqa_rad_conversations(shared_data, tmp_path_factory):
+def vqa_rad_conversations(bench_data, tmp_path_factory):
     """LLaVA conversations of three VQA-RAD train questions about one image each, plus malformed ones."""
-    root = shared_data / "vqa_rad"
+    root = bench_data / "vqa_rad"
     rows = json.loads((root / "VQA_RAD Dataset Public.json").read_text())
     by_image = collections.defaultdict(list)
     for r in rows:

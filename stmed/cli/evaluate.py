@@ -11,14 +11,14 @@ from stmed.cli import common as c
 from stmed.cli.app import app
 
 Bench = Annotated[str, typer.Option("--bench", help="vqa-rad | slake | pathvqa | jsonl (your own items).")]
-Data = Annotated[str, typer.Option("--data", help="Benchmark file or folder (format detected; see --format).")]
+Data = Annotated[Optional[str], typer.Option("--data", help="Benchmark file or folder (format detected; see --format). Default: the copy carried in examples/data (vqa-rad, slake English), or the Hugging Face Hub copy (pathvqa), downloaded once into the HF cache.")]
 
 
 @app.command("eval")
 @c.command
 def eval_(
     bench: Bench,
-    data: Data,
+    data: Data = None,
     model: Annotated[Optional[str], typer.Option("-m", "--model", help="Model to generate with (or use --predictions).")] = None,
     predictions: Annotated[Optional[str], typer.Option(help="Score this answer file instead (stmed items or LLaVA-Med {question_id, text}).")] = None,
     prompt: Annotated[str, typer.Option(help="free (the question as is, as the papers) | short (ask for a word or phrase).")] = "free",
@@ -55,6 +55,7 @@ def eval_(
         produce, overwrite = (lambda done, sink, t: stage.score_predictions(mine, preds, t)), True  # instant: redo
         run_info = {"mode": "predictions", "predictions": predictions, "model": Path(predictions).stem}
     else:
+        bench_data.materialize(items)  # parquet images: written for these items only
         engine = c.make_backend(backend, c.ModelFlags(model, adapter, device, dtype, trust_remote_code), batch_size=batch_size,
                                 base_url=base_url, api_key_env=api_key_env, concurrency=concurrency, static_cache=static_cache)
         produce = lambda done, sink, t: stage.run(cfg, engine, mine, sink, done, t)  # noqa: E731
@@ -86,9 +87,12 @@ def _announce(bench_data, selected: int, quiet: bool) -> None:
 
     if quiet:
         return
-    n = bench_data.counts()
-    print(f"stmed eval: {bench_data.bench.name} {bench_data.split} ({bench_data.format}): {n['total']} items = "
-          f"{n['closed']} closed + {n['open']} open" + (f"; scoring the first {selected}" if selected < n["total"] else ""),
+    n, src = bench_data.counts(), bench_data.source
+    origin = {"bundled": f"bundled {src.get('path')}",
+              "hub": f"Hugging Face Hub {src.get('repo_id')}@{str(src.get('revision'))[:12]}"}.get(src["kind"], str(bench_data.path))
+    standard = {"official": " (the standard split)", "hub-mirror": " (the Hub mirror's split)"}.get(bench_data.standard, "")
+    print(f"stmed eval: {bench_data.bench.name} {bench_data.split} from {origin} ({bench_data.format}): {n['total']} items = "
+          f"{n['closed']} closed + {n['open']} open{standard}" + (f"; scoring the first {selected}" if selected < n["total"] else ""),
           file=sys.stderr)
     for note in bench_data.notes:
         print(f"stmed eval: note: {note}", file=sys.stderr)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from stmed.errors import InputError
-from stmed.evaluation import loaders
+from stmed.evaluation import loaders, parquet, sources
 from stmed.evaluation.metrics import suggest
 from stmed.records import Record
 
@@ -31,6 +31,7 @@ class Benchmark:
     description: str
     files: tuple[str, ...] = ()  # what to look for when --data is a folder, best first
     expected: dict = field(default_factory=dict)  # (split, lang) -> (total, closed, open)
+    closed_is_yes_no: bool = False  # the official split itself defines closed as a yes/no answer
 
 
 BENCHMARKS: dict[str, Benchmark] = {}
@@ -55,6 +56,7 @@ register(Benchmark(
     "pathvqa", "1", "PathVQA (He et al. 2020): pathology; official test 6761, Hugging Face mirror 6719",
     files=("qas/test/test_qa.pkl", "test_qa.pkl", "test_vqa.pkl", "test.json", "test.jsonl"),
     expected={("test", "en"): (6761, 3391, 3370)},
+    closed_is_yes_no=True,
 ))
 register(Benchmark("jsonl", "1", "your own items: JSONL of {id, image, question, answer, answer_type}"))
 
@@ -75,6 +77,9 @@ class BenchData:
     lang: str
     items: list[Record]
     notes: list[str] = field(default_factory=list)
+    source: dict = field(default_factory=lambda: {"kind": "file"})  # bundled, hub (repo, commit, hashes) or file
+    standard: str | None = None  # "official" or "hub-mirror" when the counts match that split's
+    lazy_images: dict = field(default_factory=dict)  # parquet images not yet written (loaders.materialize_images)
 
     def counts(self) -> dict:
         c = Counter(it["answer_type"] for it in self.items)
@@ -86,21 +91,36 @@ class BenchData:
             h.update(json.dumps([it["id"], it["question"], it["answer"], it["answer_type"]], ensure_ascii=False).encode())
         return h.hexdigest()
 
+    def materialize(self, items: list[Record]) -> int:
+        """Give ``items`` real image files (parquet images are written only for the items a run uses)."""
+        return parquet.materialize_images(items, self.lazy_images)
+
     def describe(self) -> dict:
+        want = self.bench.expected.get((self.split, self.lang))
         return {
             "bench": self.bench.name, "bench_version": self.bench.version, "format": self.format,
             "path": str(self.path), "sha256": self.sha256, "items_sha256": self.items_sha256(),
-            "split": self.split, "lang": self.lang, "counts": self.counts(), "notes": self.notes,
+            "split": self.split, "lang": self.lang, "counts": self.counts(), "source": self.source,
+            "expected": dict(zip(("total", "closed", "open"), want)) if want else None,
+            "standard": self.standard, "notes": self.notes,
         }
 
 
-def load_benchmark(bench: str, data: str | Path, *, fmt: str | None = None, split: str = "test",
+def load_benchmark(bench: str, data: str | Path | None = None, *, fmt: str | None = None, split: str = "test",
                    lang: str = "en", image_root: Path | None = None) -> BenchData:
-    """Items of one benchmark split from a file or folder, or one InputError saying what is wrong."""
+    """Items of one benchmark split from a file or folder (or, without one, the bundled or
+    Hub copy: see sources.py), or one InputError saying what is wrong."""
     spec = get_benchmark(bench)
     if lang not in ("en", "zh", "all"):
         raise InputError(f"--lang {lang!r}: choose en, zh or all")
-    path = find_data_file(spec, Path(data), split)
+    src = None
+    if data is None:
+        if bench not in sources.BUNDLED and bench not in sources.HUB:
+            raise InputError(f"--bench {bench} needs --data FILE")
+        src = sources.resolve(bench, split, lang)
+        path = src.path
+    else:
+        path = find_data_file(spec, Path(data), split)
     fmt = fmt or detect_format(path)
     if fmt not in FORMATS:
         raise InputError(f"--format {fmt!r}: unknown format{suggest(fmt, FORMATS)}; choose from {', '.join(FORMATS)}")
@@ -109,16 +129,79 @@ def load_benchmark(bench: str, data: str | Path, *, fmt: str | None = None, spli
     if not items:
         raise InputError(f"{path}: no {split} items in this file (format {fmt}, lang {lang})")
     _check_unique(items, path)
-    out = BenchData(spec, fmt, path, file_sha256(path), split, lang, items, list(ctx.notes))
-    derived = sum(1 for it in items if it.get("answer_type_derived"))
-    if derived:
-        out.notes.append(f"answer_type derived for {derived} items: a yes/no answer is CLOSED")
-    want = spec.expected.get((split, lang))
-    got = out.counts()
-    if want and fmt not in ("parquet",) and (got["total"], got["closed"], got["open"]) != want:
-        out.notes.append(f"expected {want[0]} items ({want[1]} closed + {want[2]} open) for the standard "
-                         f"{spec.name} {split} split, got {got['total']} ({got['closed']} + {got['open']})")
+    out = BenchData(spec, fmt, path, file_sha256(path), split, lang, items, list(ctx.notes),
+                    lazy_images=ctx.lazy_images)
+    if src is not None:
+        out.source = src.describe()
+    _answer_types(out)
+    _check_counts(out, src)
     return out
+
+
+def _answer_types(out: BenchData) -> None:
+    """Recover missing answer types from the official release where the items join to it."""
+    derived = [it for it in out.items if it.get("answer_type_derived")]
+    if not derived:
+        return
+    release = sources.BUNDLED_ROOT / sources.BUNDLED["vqa-rad"]
+    if out.bench.name == "vqa-rad" and release.is_file():
+        n = recover_answer_types(derived, release)
+        out.notes.append(f"answer_type recovered from the official release ({release.name}) for {n} of "
+                         f"{len(derived)} items without one")
+        derived = [it for it in derived if it.get("answer_type_derived")]
+        if derived:
+            out.notes.append(f"answer_type derived for {len(derived)} items that do not join to the release "
+                             "(question and answer text): a yes/no answer is CLOSED")
+    elif out.bench.closed_is_yes_no:
+        out.notes.append(f"answer_type set for {len(derived)} items: CLOSED = a yes/no answer, as {out.bench.name}'s "
+                         "official release defines its yes/no questions (no official file here to join to)")
+    else:
+        out.notes.append(f"answer_type derived for {len(derived)} items: a yes/no answer is CLOSED "
+                         "(no official release here to recover the data's own types from)")
+
+
+def _join_key(question, answer) -> tuple[str, str]:
+    return " ".join(str(question).lower().split()), " ".join(str(answer).lower().split())
+
+
+def recover_answer_types(items: list[Record], release: Path) -> int:
+    """Set answer_type from the VQA-RAD release for items whose (question, answer) text has one
+    type there; returns how many were set. Items that do not join keep the derived type."""
+    types: dict[tuple[str, str], set[str]] = {}
+    for i, r in enumerate(loaders.read_json_list(release)):
+        key = _join_key(r.get("question"), r.get("answer"))
+        types.setdefault(key, set()).add(loaders.answer_type_of(r.get("answer_type"), f"{release}: item {i}"))
+    n = 0
+    for it in items:
+        found = types.get(_join_key(it["question"], it["answer"]), set())
+        if len(found) == 1:
+            it["answer_type"] = next(iter(found))
+            it["answer_type_source"] = "release"
+            del it["answer_type_derived"]
+            n += 1
+    return n
+
+
+def _check_counts(out: BenchData, src) -> None:
+    want = out.bench.expected.get((out.split, out.lang))
+    if not want:
+        return
+    got = out.counts()
+    typed = out.bench.closed_is_yes_no or not any(it.get("answer_type_derived") for it in out.items)
+    if (got["total"], got["closed"], got["open"]) == want and typed:
+        out.standard = "official"
+        return
+    mirror = sources.HUB.get(out.bench.name)
+    if mirror and out.format == "parquet" and got["total"] == mirror.rows != want[0]:
+        out.standard = "hub-mirror"
+        out.notes.append(f"{mirror.note or mirror.repo_id}; closed/open cannot be checked against the official counts")
+        return
+    if got["total"] == want[0] and not typed:
+        out.notes.append(f"{want[0]} items as in the standard {out.bench.name} {out.split} split; with derived answer "
+                         f"types {got['closed']} closed + {got['open']} open (official: {want[1]} + {want[2]})")
+        return
+    out.notes.append(f"expected {want[0]} items ({want[1]} closed + {want[2]} open) for the standard "
+                     f"{out.bench.name} {out.split} split, got {got['total']} ({got['closed']} + {got['open']})")
 
 
 def find_data_file(spec: Benchmark, data: Path, split: str) -> Path:
@@ -172,7 +255,7 @@ FORMATS: dict[str, Callable[[loaders.Context], list[Record]]] = {
     "vqa-rad": loaders.load_vqa_rad,
     "mevf": loaders.load_mevf,
     "llava-med": loaders.load_llava_med,
-    "parquet": loaders.load_parquet,
+    "parquet": parquet.load_parquet,
     "slake": loaders.load_slake,
     "pathvqa-pkl": loaders.load_pathvqa_pickle,
     "pathvqa-lxmert": loaders.load_pathvqa_lxmert,

@@ -6,7 +6,6 @@ Anything malformed stops the load with one InputError before any output is writt
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pickle
@@ -27,6 +26,7 @@ class Context:
     lang: str = "en"
     image_root: Path | None = None
     notes: list[str] = field(default_factory=list)
+    lazy_images: dict = field(default_factory=dict)  # item id -> (parquet file, row, cache folder)
 
 
 def read_json_list(path: Path) -> list:
@@ -289,66 +289,3 @@ def _pathvqa_rows(ctx: Context, rows: list) -> list[Record]:
             question=r.get("question", r.get("sent")), answer=answer, answer_type=r.get("answer_type"),
             question_type=_question_type(r.get("question_type"))))
     return items
-
-
-# ---------------------------------------------------------------- Hugging Face parquet
-
-
-def cache_dir() -> Path:
-    root = os.environ.get("STMED_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "stmed"
-    return Path(root)
-
-
-def _parquet_files(path: Path, split: str) -> list[Path]:
-    """A Hugging Face split may be sharded: test-00000-of-00002.parquet and its siblings."""
-    m = re.match(r"(.+)-\d{5}-of-(\d{5})\.parquet$", path.name)
-    if not m:
-        return [path]
-    return sorted(path.parent.glob(f"{m.group(1)}-*-of-{m.group(2)}.parquet"))
-
-
-def load_parquet(ctx: Context) -> list[Record]:
-    """Hugging Face exports: images are bytes inside; they are written once to a cache folder."""
-    try:
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise InputError("reading parquet needs pyarrow: pip install pyarrow") from None
-    base = ctx.path.resolve().parent
-    out_dir = ctx.image_root or cache_dir() / "parquet-images"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    items: list[Record] = []
-    for file in _parquet_files(ctx.path, ctx.split):
-        try:
-            rows = pq.read_table(file).to_pylist()
-        except Exception as e:  # pyarrow raises several types for a bad file
-            raise InputError(f"{file}: not a readable parquet file ({type(e).__name__}: {e})") from None
-        for i, r in enumerate(rows):
-            where = f"{file}: row {i}"
-            if ctx.lang != "all" and r.get("q_lang") not in (None, ctx.lang):
-                continue
-            image = _field(r, "image", where)
-            items.append(make_item(
-                where, base, id=r.get("id", r.get("qid", r.get("question_id", f"{file.stem}:{i}"))),
-                image=_write_image(image, out_dir, where), question=r.get("question"), answer=r.get("answer"),
-                answer_type=r.get("answer_type"),
-                question_type=_question_type(r.get("question_type", r.get("content_type")))))
-    return items
-
-
-def _write_image(image, out_dir: Path, where: str) -> str:
-    """Content-addressed, so repeated images are stored once and a rerun writes nothing."""
-    if isinstance(image, dict) and image.get("bytes"):
-        data, name = image["bytes"], image.get("path") or ""
-    elif isinstance(image, (bytes, bytearray)):
-        data, name = bytes(image), ""
-    elif isinstance(image, dict) and image.get("path"):
-        return str(image["path"])  # an export that points at files instead of holding them
-    else:
-        raise InputError(f"{where}: 'image' holds neither bytes nor a path")
-    suffix = Path(name).suffix.lower() or (".png" if data[:4] == b"\x89PNG" else ".jpg")
-    target = out_dir / (hashlib.sha1(data).hexdigest()[:20] + suffix)
-    if not target.exists():
-        tmp = target.with_name(target.name + f".{os.getpid()}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, target)
-    return str(target)
