@@ -9,6 +9,7 @@ from stmed.cli import generate, inspect  # noqa: F401  (each module registers it
 from stmed.cli import evaluate  # noqa: F401
 from stmed.cli import judge  # noqa: F401
 from stmed.cli import train  # noqa: F401
+from stmed.cli import view  # noqa: F401
 
 
 def main() -> None:
