@@ -26,6 +26,7 @@ MaxSteps = Annotated[Optional[int], Opt("--max-steps", help="Stop after N optimi
 MaxLength = Annotated[Optional[int], Opt("--max-length", help="Cut answers so a sequence fits N tokens (never image tokens).")]
 LoraR = Annotated[Optional[int], Opt("--lora-r", help="LoRA rank (128).")]
 LoraAlpha = Annotated[Optional[int], Opt("--lora-alpha", help="LoRA alpha (256).")]
+LoraDropout = Annotated[Optional[float], Opt("--lora-dropout", help="LoRA dropout (0.05; 0 makes a step deterministic).")]
 LoraVision = Annotated[Optional[bool], Opt("--lora-vision", help="Also put LoRA on the vision tower.")]
 Full = Annotated[Optional[bool], Opt("--full", help="Train the language model's weights, no LoRA.")]
 Resume = Annotated[Optional[bool], Opt("--resume", help="Continue from the last checkpoint in OUTDIR.")]
@@ -38,7 +39,9 @@ TrainErrors = Annotated[Optional[str], Opt("--errors", help="Bad records go here
 
 
 def _finish(summary: dict, quiet: bool) -> int:
-    if not quiet:
+    from stmed.train.common import is_main_process
+
+    if not quiet and is_main_process():  # one summary per run, not one per process
         print("stmed: " + json.dumps(summary), file=sys.stderr)
     return c.exit_code(summary.get("rejected", 0))
 
@@ -65,6 +68,7 @@ def dpo(pairs: Annotated[str, typer.Argument(help="Pairs: stmed judge output or 
         loss: Annotated[Optional[str], Opt("--loss", help="trl loss type(s): sigmoid, or e.g. sigmoid=0.8,sft=0.2.")] = None,
         lr: LR = None, epochs: Epochs = None, batch_size: BatchSize = None, grad_accum: GradAccum = None,
         max_steps: MaxSteps = None, max_length: MaxLength = None, lora_r: LoraR = None, lora_alpha: LoraAlpha = None,
+        lora_dropout: LoraDropout = None,
         lora_vision: LoraVision = None, full: Full = None, resume: Resume = None, merge: Merge = None,
         report_to: ReportTo = None, save_steps: SaveSteps = None, gradient_checkpointing: GradCkpt = None,
         share_prefix: Annotated[Optional[bool], Opt("--share-prefix/--no-share-prefix", help="Compute the image prompt once per pair (default on).")] = None,
@@ -88,6 +92,7 @@ def sft(data: Annotated[str, typer.Argument(help="LLaVA conversations (JSON list
         export_questions: Annotated[Optional[str], Opt("--export-questions", help="Only write the human questions as gen-questions records to FILE.")] = None,
         lr: LR = None, epochs: Epochs = None, batch_size: BatchSize = None, grad_accum: GradAccum = None,
         max_steps: MaxSteps = None, max_length: MaxLength = None, lora_r: LoraR = None, lora_alpha: LoraAlpha = None,
+        lora_dropout: LoraDropout = None,
         lora_vision: LoraVision = None, full: Full = None, resume: Resume = None, merge: Merge = None,
         report_to: ReportTo = None, save_steps: SaveSteps = None, gradient_checkpointing: GradCkpt = None,
         seed: Annotated[Optional[int], Opt("--seed", help="Seed for training and the self-asked draw (42).")] = None,

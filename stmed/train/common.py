@@ -271,7 +271,7 @@ def prepare_outdir(cfg: TrainConfig) -> str | None:
     if checkpoints and not cfg.overwrite:
         raise InputError(f"{out}: holds checkpoints of an earlier run; pass --resume to continue it or "
                          "--overwrite to start again")
-    if cfg.overwrite:
+    if cfg.overwrite and is_main_process():  # the others find the same folder; one process clears it
         import shutil
 
         for p in checkpoints:
@@ -295,10 +295,13 @@ def leave_no_empty_outdir(cfg: TrainConfig):
 
 
 def write_meta(cfg: TrainConfig, stage: str, data: dict[str, Any]) -> None:
+    """OUTDIR/_meta.json, written by the main process only (every process of a run calls this)."""
     import importlib.metadata as md
 
     import stmed
 
+    if not is_main_process():
+        return
     versions = {}
     for pkg in ("torch", "transformers", "trl", "peft", "accelerate"):
         try:
@@ -306,14 +309,31 @@ def write_meta(cfg: TrainConfig, stage: str, data: dict[str, Any]) -> None:
         except md.PackageNotFoundError:
             versions[pkg] = None
     meta = {"stage": stage, "stmed_version": stmed.__version__, "base_model": cfg.model,
-            "config": asdict(cfg), "data": data, "versions": versions}
+            "config": asdict(cfg), "data": data, "versions": versions,
+            "processes": int(os.environ.get("WORLD_SIZE", "1"))}
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "_meta.json", meta)
 
 
 def is_main_process() -> bool:
+    """Rank 0 of an accelerate launch / torchrun (RANK), or a process started alone."""
     return int(os.environ.get("RANK", "0")) == 0
+
+
+def error_sink(cfg: TrainConfig):
+    """OUTDIR/errors.jsonl (or --errors) for the main process. Every process reads and checks the
+    same data; the others only count their rejects, so the file is written once."""
+    from stmed.records import ErrorSink
+
+    if is_main_process():
+        return ErrorSink(cfg.errors or str(Path(cfg.output_dir) / "errors.jsonl"))
+
+    class Counting(ErrorSink):
+        def add(self, record, message, **extra):
+            self.count += 1
+
+    return Counting(None)
 
 
 def merge_adapter(cfg: TrainConfig) -> Path:

@@ -123,7 +123,9 @@ def run(cfg: DPOConfig) -> dict:
     # a model that does not load stops before OUTDIR exists.
     processor = load_processor(cfg)
     with leave_no_empty_outdir(cfg):
-        errors = ErrorSink(cfg.errors or str(Path(cfg.output_dir) / "errors.jsonl"))
+        from stmed.train.common import error_sink
+
+        errors = error_sink(cfg)  # written by the main process only
         try:
             dataset = load_pairs(cfg.data, processor, errors=errors, pad_square=cfg.pad_square, limit=cfg.limit,
                                  image_root=Path(cfg.image_root) if cfg.image_root else None)

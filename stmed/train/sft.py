@@ -70,7 +70,9 @@ def run(cfg: SFTConfig) -> dict:
     resume_from = prepare_outdir(cfg)
     processor = load_processor(cfg)  # a model that does not load stops before OUTDIR exists
     with leave_no_empty_outdir(cfg):
-        errors = ErrorSink(cfg.errors or str(Path(cfg.output_dir) / "errors.jsonl"))
+        from stmed.train.common import error_sink
+
+        errors = error_sink(cfg)  # written by the main process only
         try:
             dataset = load_conversations(cfg.data, errors=errors, limit=cfg.limit,
                                          image_root=Path(cfg.image_root) if cfg.image_root else None)
