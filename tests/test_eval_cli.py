@@ -198,7 +198,7 @@ def _hub_snapshot(home: Path, repo: str, rev: str, rows, name: str, *, main_ref:
 
     repo_dir = home / "hub" / f"datasets--{repo.replace('/', '--')}"
     path = repo_dir / "snapshots" / rev / name
-    path.parent.mkdir(parents=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     table = pa.table({"image": [{"bytes": (RAD.parent / "images" / r["image_name"]).read_bytes(), "path": None} for r in rows],
                       "question": [r["question"] for r in rows], "answer": [str(r["answer"]) for r in rows],
                       "qid": [str(r["qid"]) for r in rows]})
@@ -213,8 +213,11 @@ def test_pathvqa_by_name_from_the_hub_cache_offline(tmp_path, rad_rows):
     from stmed.evaluation.benchmarks import file_sha256
 
     rev = "0123456789abcdef0123456789abcdef01234567"
-    shard = _hub_snapshot(tmp_path / "hf", "flaviagiammarino/path-vqa", rev, rad_rows,
-                          "data/test-00000-of-00001.parquet", main_ref=True)
+    # two shards named as `datasets` names them, with a hash suffix; the loader reads both
+    shards = [_hub_snapshot(tmp_path / "hf", "flaviagiammarino/path-vqa", rev, rad_rows[:200],
+                            "data/test-00000-of-00002-ce5bd56182ee825e.parquet", main_ref=True),
+              _hub_snapshot(tmp_path / "hf", "flaviagiammarino/path-vqa", rev, rad_rows[200:],
+                            "data/test-00001-of-00002-7ea98873fc919813.parquet")]
     _write_llava_preds(tmp_path / "answers.jsonl", rad_rows)
     env = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "STMED_CACHE_DIR": str(tmp_path / "cache")}
     summary = tmp_path / "s.json"
@@ -224,7 +227,7 @@ def test_pathvqa_by_name_from_the_hub_cache_offline(tmp_path, rad_rows):
     assert f"from Hugging Face Hub flaviagiammarino/path-vqa@{rev[:12]} (parquet): 451 items" in proc.stderr
     bench = json.loads(summary.read_text())["benchmark"]
     assert bench["source"] == {"kind": "hub", "repo_id": "flaviagiammarino/path-vqa", "revision": rev,
-                               "files": {"data/test-00000-of-00001.parquet": file_sha256(shard)}}
+                               "files": {f"data/{p.name}": file_sha256(p) for p in shards}}
     assert bench["counts"]["total"] == 451 and bench["standard"] is None
     assert any("expected 6761" in n for n in bench["notes"]), "a copy that is neither split is flagged"
     assert any("as pathvqa's official release defines" in n for n in bench["notes"])

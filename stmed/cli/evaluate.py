@@ -55,7 +55,7 @@ def eval_(
         produce, overwrite = (lambda done, sink, t: stage.score_predictions(mine, preds, t)), True  # instant: redo
         run_info = {"mode": "predictions", "predictions": predictions, "model": Path(predictions).stem}
     else:
-        bench_data.materialize(items)  # parquet images: written for these items only
+        bench_data.materialize(mine)  # parquet images: written for the items this process generates for
         engine = c.make_backend(backend, c.ModelFlags(model, adapter, device, dtype, trust_remote_code), batch_size=batch_size,
                                 base_url=base_url, api_key_env=api_key_env, concurrency=concurrency, static_cache=static_cache)
         produce = lambda done, sink, t: stage.run(cfg, engine, mine, sink, done, t)  # noqa: E731

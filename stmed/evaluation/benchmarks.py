@@ -79,7 +79,7 @@ class BenchData:
     notes: list[str] = field(default_factory=list)
     source: dict = field(default_factory=lambda: {"kind": "file"})  # bundled, hub (repo, commit, hashes) or file
     standard: str | None = None  # "official" or "hub-mirror" when the counts match that split's
-    lazy_images: dict = field(default_factory=dict)  # parquet images not yet written (loaders.materialize_images)
+    lazy_images: dict = field(default_factory=dict)  # parquet images not yet written (parquet.materialize_images)
 
     def counts(self) -> dict:
         c = Counter(it["answer_type"] for it in self.items)

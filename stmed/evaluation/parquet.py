@@ -22,11 +22,13 @@ def cache_dir() -> Path:
 
 
 def _parquet_files(path: Path, split: str) -> list[Path]:
-    """A Hugging Face split may be sharded: test-00000-of-00002.parquet and its siblings."""
-    m = re.match(r"(.+)-\d{5}-of-(\d{5})\.parquet$", path.name)
+    """A Hugging Face split may be sharded: test-00000-of-00002.parquet and its siblings, or with
+    the hash suffix ``datasets`` adds (test-00000-of-00003-ce5bd56182ee825e.parquet)."""
+    m = re.match(r"(.+)-\d{5}-of-(\d{5})(-[0-9a-f]+)?\.parquet$", path.name)
     if not m:
         return [path]
-    return sorted(path.parent.glob(f"{m.group(1)}-*-of-{m.group(2)}.parquet"))
+    shard = re.compile(re.escape(m.group(1)) + r"-\d{5}-of-" + m.group(2) + r"(-[0-9a-f]+)?\.parquet$")
+    return sorted(p for p in path.parent.iterdir() if shard.match(p.name))
 
 
 PARQUET_BATCH = 64  # rows per read: memory stays bounded whatever the file's size
