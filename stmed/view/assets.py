@@ -153,5 +153,7 @@ JS = """\
     if (e.key === "ArrowRight") go(1); else if (e.key === "ArrowLeft") go(-1);
   });
   apply();
+  // when the first page of cards was on screen, in ms since navigation (tools/bench_view.py reads it)
+  document.body.setAttribute("data-ready-ms", String(Math.round(performance.now())));
 })();
 """

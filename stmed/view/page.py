@@ -146,7 +146,7 @@ def _page(cfg: ViewConfig, inputs: Inputs, scrub: Scrubber, templates: list[str]
     names = [scrub.path(s.name) if s.path is not None else s.name for s in inputs.sources]
     names += [scrub.path(r.label) for r in inputs.runs] + [scrub.path(n) + " (empty)" for n in inputs.empty]
     title = cfg.title or "stmed view: " + ", ".join(names[:3]) + (" ..." if len(names) > 3 else "")
-    summary = SEP.join([f'{totals["images"]} images', f'{totals["records"]} records'] +
+    summary = " ".join([f'{totals["images"]} images{SEP}{totals["records"]} records'] +
                        [f'<span class="tag {k}">{v} {k}</span>' for k, v in totals["outcomes"].items()])
     data = {"stmed": __version__, "title": title, "inputs": names, "images": totals["images"], "records": totals["records"],
             "outcomes": totals["outcomes"], "runs": [scrub.path(r.label) for r in inputs.runs], "per_page": cfg.per_page}

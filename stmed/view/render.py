@@ -79,7 +79,7 @@ class CardRenderer:
             tally["error"] = tally.get("error", 0) + len(card.errors)
         n = len(card.units)
         head = f"{n} record{'s' * (n != 1)}"
-        return SEP.join([head] + [f'<span class="tag {k}">{v} {k}</span>' for k, v in tally.items()])
+        return " ".join([head] + [f'<span class="tag {k}">{v} {k}</span>' for k, v in tally.items()])
 
     def made_by(self, card: Card) -> str:
         """Which model and settings wrote the questions and answers (the first record's)."""
