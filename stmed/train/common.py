@@ -224,7 +224,9 @@ def load_for_training(cfg: TrainConfig, wrap: bool = True, processor=None):
             p.requires_grad = bool(re.search(LANGUAGE_PARTS, name)) or name.startswith("lm_head")
         return model, processor
     from peft import get_peft_model
+    from transformers import set_seed
 
+    set_seed(cfg.seed)  # LoRA's A matrices are drawn here: the same seed gives the same start in every run
     try:
         model = get_peft_model(model, lora_config(cfg))
     except ValueError as e:

@@ -78,12 +78,24 @@ def fit(trainer, cfg: TrainConfig, resume_from: str | None, processor) -> dict:
     trainer.save_model(cfg.output_dir)
     summary = {"steps": trainer.state.global_step, "train_loss": round(result.training_loss, 6),
                "seconds": round(time.perf_counter() - start, 1)}
+    state = trainer.accelerator.state  # what accelerate actually ran: a config it cannot honour here falls back
+    summary.update(processes=state.num_processes, distributed=str(state.distributed_type.value))
     if is_main_process():
         processor.save_pretrained(cfg.output_dir)
+        _note_in_meta(cfg, processes=state.num_processes, distributed=summary["distributed"])
     trainer.accelerator.wait_for_everyone()
     if cfg.merge and is_main_process():
         summary["merged"] = str(merge_adapter(cfg))
     return summary
+
+
+def _note_in_meta(cfg: TrainConfig, **fields) -> None:
+    """Add how the run was distributed to OUTDIR/_meta.json (known only once the trainer ran)."""
+    from stmed.records import write_json
+
+    path = Path(cfg.output_dir) / "_meta.json"
+    if path.exists():
+        write_json(path, {**json.loads(path.read_text(encoding="utf-8")), **fields})
 
 
 def read_log(output_dir: str | Path) -> list[dict]:
