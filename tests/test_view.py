@@ -127,7 +127,8 @@ class Page(HTMLParser):
             self._script = a
             self.scripts.append((a, ""))
         if tag == "section" and "unit" in (a.get("class") or "").split():
-            self.units.append({"o": a.get("data-o", "").split(), "t": a.get("data-t", ""), "text": ""})
+            self.units.append({"o": a.get("data-o", "").split(), "t": a.get("data-t", ""), "text": "",
+                               "hidden": "hidden" in a})
             self._depth = 1
         elif self._depth and tag not in ("img", "br", "input", "meta"):
             self._depth += 1
@@ -295,6 +296,19 @@ def test_the_page_renders_in_chromium(run, page, tmp_path):
     assert img.size == (1280, 1600)
     assert len(img.getcolors(maxcolors=1 << 20) or []) > 500, "a blank or flat screenshot"
     assert ImageStat.Stat(img.convert("L")).stddev[0] > 20, "the screenshot shows no contrast (nothing rendered?)"
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no headless Chromium here (apt-get install chromium)")
+@pytest.mark.parametrize("state, cards, units", [("o=error", 2, 2), ("q=identical", 1, 1), ("t=open&o=wrong", 1, 1),
+                                                 ("o=chosen", 1, 2)])
+def test_filters_and_search_in_chromium(run, page, tmp_path, state, cards, units):
+    """The filters, read from the link's #fragment: only matching cards, and in them only matching units."""
+    dom = chromium(tmp_path, (run / "view.html").as_uri() + "#" + state, "--dump-dom").stdout
+    live = dom.split('<div id="cards"', 1)[1].split('<nav class="pager"', 1)[0]
+    p = Page(live)
+    shown = [u for u in p.units if not u["hidden"]]
+    assert live.count('<article class="card"') == cards and len(shown) == units, state
+    assert f"{units} of {len(Page(page).units)} records match" in dom
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no headless Chromium here (apt-get install chromium)")

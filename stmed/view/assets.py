@@ -109,7 +109,22 @@ JS = """\
     var h = headText(c);
     return terms.every(function (w) { return u.text.indexOf(w) >= 0 || h.indexOf(w) >= 0; });
   }
-  function apply() {
+  function readHash() {
+    var h = new URLSearchParams(location.hash.slice(1));
+    if (h.has("q")) q.value = h.get("q");
+    if (o && h.has("o")) o.value = h.get("o");
+    if (t && h.has("t")) t.value = h.get("t");
+    return (parseInt(h.get("p"), 10) || 1) - 1;
+  }
+  function writeHash() {  // the view is a link: reload or share it with its filters
+    var h = new URLSearchParams();
+    if (q.value) h.set("q", q.value);
+    if (o && o.value) h.set("o", o.value);
+    if (t && t.value) h.set("t", t.value);
+    if (page) h.set("p", String(page + 1));
+    try { history.replaceState(null, "", "#" + h.toString()); } catch (e) { /* some file: URLs refuse */ }
+  }
+  function apply(startPage) {
     var terms = q.value.toLowerCase().split(/\\s+/).filter(Boolean);
     var out = o ? o.value : "", type = t ? t.value : "";
     shown = []; matched = 0;
@@ -119,7 +134,7 @@ JS = """\
       if (n || (!c.units.length && !terms.length && !out && !type)) { shown.push([i, hits]); matched += n; }
     });
     box.className = out === "chosen" ? "only-chosen" : out === "rejected" ? "only-rejected" : "";
-    page = 0;
+    page = startPage || 0;
     render();
   }
   function render() {
@@ -139,11 +154,12 @@ JS = """\
     document.getElementById("pageinfo").textContent = "page " + (page + 1) + " of " + pages;
     document.getElementById("prev").disabled = page === 0;
     document.getElementById("next").disabled = page >= pages - 1;
+    writeHash();
   }
   function go(d) { page += d; render(); window.scrollTo(0, document.getElementById("records").offsetTop); }
   var timer = null;
-  q.addEventListener("input", function () { clearTimeout(timer); timer = setTimeout(apply, 150); });
-  [o, t].forEach(function (s) { if (s) s.addEventListener("change", apply); });
+  q.addEventListener("input", function () { clearTimeout(timer); timer = setTimeout(function () { apply(0); }, 150); });
+  [o, t].forEach(function (s) { if (s) s.addEventListener("change", function () { apply(0); }); });
   per.addEventListener("change", function () { page = 0; render(); });
   document.getElementById("prev").addEventListener("click", function () { go(-1); });
   document.getElementById("next").addEventListener("click", function () { go(1); });
@@ -152,7 +168,7 @@ JS = """\
     if (e.target && /INPUT|SELECT|TEXTAREA/.test(e.target.tagName)) return;
     if (e.key === "ArrowRight") go(1); else if (e.key === "ArrowLeft") go(-1);
   });
-  apply();
+  apply(readHash());
   // when the first page of cards was on screen, in ms since navigation (tools/bench_view.py reads it)
   document.body.setAttribute("data-ready-ms", String(Math.round(performance.now())));
 })();

@@ -92,15 +92,16 @@ def build_page(cfg: ViewConfig) -> tuple[str, dict]:
 def _render_cards(cards: list[Card], cfg: ViewConfig, scrub: Scrubber) -> tuple[list[str], int]:
     thumbs = Thumbnailer(cfg.thumb_side)
     renderer = CardRenderer(scrub)
+    paths = [None if c.image is None else resolve_path(c.image[0], c.image[1], cfg.image_root) for c in cards]
+    for path in paths:  # the images' folders are this machine's too: cut them from all text, first card on
+        if path is not None:
+            scrub.add_root(path.parent)
     out = []
     with track("view", len(cards), quiet=cfg.quiet, unit="images") as tracker:
-        for card in cards:
-            found = card.image
+        for card, path in zip(cards, paths):
             thumb, name = None, None
-            if found is not None:
-                path = resolve_path(found[0], found[1], cfg.image_root)
-                scrub.add_root(path.parent)
-                thumb, name = thumbs(path), scrub.path(found[0])
+            if path is not None:
+                thumb, name = thumbs(path), scrub.path(card.image[0])
             out.append(f'<template class="card-t">{renderer.card(card, thumb, name)}</template>')
             tracker.advance(kind="done" if thumb is None or thumb.url else "failed")
         tracker.counts = {"images": len(cards), "not shown": thumbs.failed}
@@ -148,7 +149,7 @@ def _page(cfg: ViewConfig, inputs: Inputs, scrub: Scrubber, templates: list[str]
     title = cfg.title or "stmed view: " + ", ".join(names[:3]) + (" ..." if len(names) > 3 else "")
     summary = " ".join([f'{totals["images"]} images{SEP}{totals["records"]} records'] +
                        [f'<span class="tag {k}">{v} {k}</span>' for k, v in totals["outcomes"].items()])
-    data = {"stmed": __version__, "title": title, "inputs": names, "images": totals["images"], "records": totals["records"],
+    data = {"stmed": __version__, "title": scrub.meta(title), "inputs": names, "images": totals["images"], "records": totals["records"],
             "outcomes": totals["outcomes"], "runs": [scrub.path(r.label) for r in inputs.runs], "per_page": cfg.per_page}
     records = ""
     if inputs.sources:

@@ -55,8 +55,9 @@ class Scrubber:
         if self.keep_paths:
             return text
         for root in self.roots:
-            if root in text:
-                text = text.replace(root + os.sep, "").replace(root, ".")
+            if root in text:  # /home/ana/x -> x and /home/ana alone -> ., but /home/anabel stays
+                text = re.sub(re.escape(root) + r"(?:[/\\]|(?![^\s'\":,;)\]}>]))",
+                              lambda m: "" if m.group().endswith(("/", "\\")) else ".", text)
         return text
 
     def meta(self, value) -> str:
