@@ -75,10 +75,11 @@ def run(tmp_path_factory) -> Path:
         proc = run_stmed("judge", d / "answers.jsonl", "--base-url", server.base_url, "--no-cache",
                          "-o", d / "pairs.jsonl", env={"OPENAI_API_KEY": "sk-test"})
         assert proc.returncode == 1, proc.stderr  # the record whose image is gone
-    items = [{"id": "c1", "image": "synpic33378.jpg", "question": "Is this a chest x-ray?", "answer": "yes", "answer_type": "CLOSED"},
-             {"id": "c2", "image": "synpic33378.jpg", "question": "Is there a fracture?", "answer": "no", "answer_type": "CLOSED"},
-             {"id": "o1", "image": "synpic45544.jpg", "question": "Which lobe?", "answer": "right upper lobe", "answer_type": "OPEN"},
-             {"id": "o2", "image": "synpic45544.jpg", "question": "What organ?", "answer": "brain", "answer_type": "OPEN"}]
+    items = [{"id": i, "image": image, "question": q, "answer": a, "answer_type": t} for i, image, q, a, t in [
+        ("c1", "synpic33378.jpg", "Is this a chest x-ray?", "yes", "CLOSED"),
+        ("c2", "synpic33378.jpg", "Is there a fracture?", "no", "CLOSED"),
+        ("o1", "synpic45544.jpg", "Which lobe?", "right upper lobe", "OPEN"),
+        ("o2", "synpic45544.jpg", "What organ?", "brain", "OPEN")]]
     preds = [{"id": "c1", "prediction": "Yes, it is."}, {"id": "c2", "prediction": "Yes."},
              {"id": "o1", "prediction": "The right lobe."}, {"id": "o2", "prediction": HOSTILE}]
     shutil.copy(EXAMPLE_IMAGES / "synpic33378.jpg", d / "synpic33378.jpg")
@@ -152,7 +153,8 @@ class Page(HTMLParser):
 
 def test_one_card_per_image_with_every_outcome(run, page):
     p = Page(page)
-    questions, pairs, skipped = jsonl(run / "questions.jsonl"), jsonl(run / "pairs.jsonl"), jsonl(run / "pairs.skipped.jsonl")
+    questions, pairs = jsonl(run / "questions.jsonl"), jsonl(run / "pairs.jsonl")
+    skipped = jsonl(run / "pairs.skipped.jsonl")
     judged_errors, question_errors = jsonl(run / "pairs.errors.jsonl"), jsonl(run / "questions.errors.jsonl")
     assert len(pairs) >= 2 and len(skipped) >= 2 and len(judged_errors) == 1 and len(question_errors) == 1
     images = {q["image_id"] for q in questions} | {"broken.jpg"}
@@ -162,7 +164,8 @@ def test_one_card_per_image_with_every_outcome(run, page):
     assert sum("chosen" in t for t in tags) == len(pairs)
     assert sum("skipped" in t for t in tags) == len(skipped)
     assert sum("error" in t for t in tags) == 2, "the judge's failure and the broken image"
-    assert sorted(m for t in tags for m in t if m in ("right", "partial", "wrong")) == ["partial", "right", "wrong", "wrong"]
+    marks = sorted(m for t in tags for m in t if m in ("right", "partial", "wrong"))
+    assert marks == ["partial", "right", "wrong", "wrong"], marks
     assert len(p.having("chosen", "li")) == len(p.having("rejected", "li")) == len(pairs)
     data = json.loads(next(text for a, text in p.scripts if a.get("type") == "application/json"))
     assert data["records"] == len(questions) + 1 + len(eval_images) * 2
@@ -314,7 +317,8 @@ def test_filters_and_search_in_chromium(run, page, tmp_path, state, cards, units
 @pytest.mark.skipif(CHROMIUM is None, reason="no headless Chromium here (apt-get install chromium)")
 def test_ten_thousand_records_render_one_page(tmp_path):
     rows = [{"id": f"img{i // 5}:q{i % 5}", "image_id": f"img{i // 5}", "image": f"missing/{i // 5}.jpg",
-             "question": f"question {i}?", "answers": [{"text": f"answer {i} a", "seed": 40}, {"text": f"answer {i} b", "seed": 42}]}
+             "question": f"question {i}?", "answers": [{"text": f"answer {i} a", "seed": 40},
+                                                        {"text": f"answer {i} b", "seed": 42}]}
             for i in range(10_000)]
     out = tmp_path / "big.html"
     proc = run_stmed("view", write_jsonl(tmp_path / "a.jsonl", rows), "-o", out, "--per-page", "25")

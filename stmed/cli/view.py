@@ -25,7 +25,7 @@ def view(
     thumb_size: Annotated[int, Opt("--thumb-size", help="Longest side of each image thumbnail, in pixels.")] = 256,
     per_page: Annotated[int, Opt("--per-page", help="Cards on screen at once (the page has a pager).")] = 20,
     title: Annotated[Optional[str], Opt("--title", help="Page title (default: the input names).")] = None,
-    show_paths: Annotated[bool, Opt("--show-paths", help="Show absolute paths of this machine (default: file names only).")] = False,
+    show_paths: Annotated[bool, Opt("--show-paths", help="Show this machine's absolute paths (default: names only).")] = False,
     quiet: c.Quiet = False,
 ) -> int:
     """Write one HTML page showing every record as cards (image, questions, answers, judge

@@ -90,8 +90,8 @@ def panel(metric: str, lines: list[tuple[int, list[tuple[float, float]]]]) -> st
         path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in pts)
         out.append(f'<polyline points="{path}" fill="none" stroke="{c}" stroke-width="1.8" class="run"/>')
         if len(pts) <= MAX_DOTS:
-            out += [f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="2.4" fill="{c}"><title>step {x:g}: {y:.6g}</title></circle>'
-                    for x, y in pts]
+            out += [f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="2.4" fill="{c}">'
+                    f'<title>step {x:g}: {y:.6g}</title></circle>' for x, y in pts]
     out.append("</svg>")
     return "".join(out)
 

@@ -149,8 +149,9 @@ def _page(cfg: ViewConfig, inputs: Inputs, scrub: Scrubber, templates: list[str]
     title = cfg.title or "stmed view: " + ", ".join(names[:3]) + (" ..." if len(names) > 3 else "")
     summary = " ".join([f'{totals["images"]} images{SEP}{totals["records"]} records'] +
                        [f'<span class="tag {k}">{v} {k}</span>' for k, v in totals["outcomes"].items()])
-    data = {"stmed": __version__, "title": scrub.meta(title), "inputs": names, "images": totals["images"], "records": totals["records"],
-            "outcomes": totals["outcomes"], "runs": [scrub.path(r.label) for r in inputs.runs], "per_page": cfg.per_page}
+    data = {"stmed": __version__, "title": scrub.meta(title), "inputs": names, "images": totals["images"],
+            "records": totals["records"], "outcomes": totals["outcomes"], "runs": [scrub.path(r.label) for r in inputs.runs],
+            "per_page": cfg.per_page}
     records = ""
     if inputs.sources:
         records = (f'<section id="records">{_filters(cfg, totals, cards)}'
