@@ -15,7 +15,7 @@ from stmed.view.scrub import Scrubber
 
 METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2")
-W, H = 360, 210  # panel size in CSS pixels
+W, H = 340, 210  # panel size in CSS pixels: three abreast on a laptop screen
 LEFT, RIGHT, TOP, BOTTOM = 52, 12, 26, 30  # plot margins inside a panel
 MAX_DOTS = 60  # draw a dot per point (with its value on hover) up to this many points
 

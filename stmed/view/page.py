@@ -143,10 +143,26 @@ def _filters(cfg: ViewConfig, totals: dict, cards: list[Card]) -> str:
     return "".join(parts)
 
 
+def _common_folder(names: list[str]) -> str:
+    """The folder every input sits in (``runs/demo`` for its round's files and evals), or ""."""
+    import os
+
+    if any(n == "<stdin>" or os.path.isabs(n) for n in names):
+        return ""
+    try:
+        common = os.path.commonpath([os.path.dirname(n) for n in names])
+    except ValueError:
+        return ""
+    return "" if common in ("", ".") else common
+
+
 def _page(cfg: ViewConfig, inputs: Inputs, scrub: Scrubber, templates: list[str], totals: dict, cards: list[Card]) -> str:
-    names = [scrub.path(s.name) if s.path is not None else s.name for s in inputs.sources]
-    names += [scrub.path(r.label) for r in inputs.runs] + [scrub.path(n) + " (empty)" for n in inputs.empty]
-    title = cfg.title or "stmed view: " + ", ".join(names[:3]) + (" ..." if len(names) > 3 else "")
+    given = [s.name for s in inputs.sources] + [str(r.path) for r in inputs.runs] + inputs.empty
+    shown = [n if n == "<stdin>" else scrub.path(n) for n in given]
+    folder = _common_folder(shown)
+    names = [n[len(folder) + 1:] if folder else n for n in shown]
+    names = [n + " (empty)" if i >= len(names) - len(inputs.empty) else n for i, n in enumerate(names)]
+    title = cfg.title or "stmed view: " + (folder or ", ".join(names[:3]) + (" ..." if len(names) > 3 else ""))
     summary = " ".join([f'{totals["images"]} images{SEP}{totals["records"]} records'] +
                        [f'<span class="tag {k}">{v} {k}</span>' for k, v in totals["outcomes"].items()])
     data = {"stmed": __version__, "title": scrub.meta(title), "inputs": names, "images": totals["images"],
