@@ -48,6 +48,7 @@ bench: $(STAMP)
 	$(BIN)/python tools/bench_generate.py
 	$(BIN)/python tools/bench_pipeline.py
 	$(BIN)/python tools/bench_eval.py
+	$(BIN)/python tools/bench_eval_memory.py
 	$(BIN)/python tools/bench_judge.py
 	$(BIN)/python tools/bench_dpo.py
 
