@@ -121,7 +121,7 @@ def test_llava_med_test_json(tmp_path, rad_rows, rad_test):
 
 
 def _write_parquet(path: Path, rad_rows, with_type: bool) -> None:
-    pa = pytest.importorskip("pyarrow")
+    import pyarrow as pa  # a dependency of stmed: no skip
     import pyarrow.parquet as pq
 
     columns = {
