@@ -36,7 +36,6 @@ class Unit:
     id: str
     record: dict = field(default_factory=dict)  # every stage's fields, later files on top
     base_dir: Path | None = None  # where the record's relative image path resolves
-    kinds: set[str] = field(default_factory=set)  # question | answers | pair | skipped | eval | image
     predictions: list[Prediction] = field(default_factory=list)
     errors: list[dict] = field(default_factory=list)
 
@@ -137,7 +136,6 @@ def join(sources: list[Source]) -> list[Card]:
                 failures.append({**rec, "source": source.name})
                 continue
             unit = units.setdefault(rec["id"], Unit(rec["id"]))
-            unit.kinds.add(kind)
             if unit.base_dir is None and rec.get("image"):
                 unit.base_dir = rec.base_dir
             if kind == "eval":

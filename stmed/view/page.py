@@ -143,6 +143,10 @@ def _filters(cfg: ViewConfig, totals: dict, cards: list[Card]) -> str:
     return "".join(parts)
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'s' * (n != 1)}"
+
+
 def _common_folder(names: list[str]) -> str:
     """The folder every input sits in (``runs/demo`` for its round's files and evals), or ""."""
     import os
@@ -163,7 +167,7 @@ def _page(cfg: ViewConfig, inputs: Inputs, scrub: Scrubber, templates: list[str]
     names = [n[len(folder) + 1:] if folder else n for n in shown]
     names = [n + " (empty)" if i >= len(names) - len(inputs.empty) else n for i, n in enumerate(names)]
     title = cfg.title or "stmed view: " + (folder or ", ".join(names[:3]) + (" ..." if len(names) > 3 else ""))
-    summary = " ".join([f'{totals["images"]} images{SEP}{totals["records"]} records'] +
+    summary = " ".join([f'{_count(totals["images"], "image")}{SEP}{_count(totals["records"], "record")}'] +
                        [f'<span class="tag {k}">{v} {k}</span>' for k, v in totals["outcomes"].items()])
     data = {"stmed": __version__, "title": scrub.meta(title), "inputs": names, "images": totals["images"],
             "records": totals["records"], "outcomes": totals["outcomes"], "runs": [scrub.path(r.label) for r in inputs.runs],

@@ -45,7 +45,8 @@ class CardRenderer:
         units = "".join(self.unit(card, u) for u in card.units)
         errors = ""
         if card.errors:  # failures before any question: a unit of their own, so the error filter finds them
-            errors = f'<section class="unit" data-o="error" data-t="">{"".join(self.error(e) for e in card.errors)}</section>'
+            errors = "".join(self.error(e) for e in card.errors)
+            errors = f'<section class="unit" data-o="error" data-t="">{errors}</section>'
         title = self.m(card.key[len("image:"):] if card.key.startswith("image:") else card.key)
         desc = card.first("description")
         parts = [
@@ -77,17 +78,16 @@ class CardRenderer:
                 tally[tag] = tally.get(tag, 0) + 1
         if card.errors:
             tally["error"] = tally.get("error", 0) + len(card.errors)
-        n = len(card.units)
-        head = f"{n} record{'s' * (n != 1)}"
+        n = len(card.units) + len(card.errors)
+        head = f"{n:,} record{'s' * (n != 1)}"
         return " ".join([head] + [f'<span class="tag {k}">{v} {k}</span>' for k, v in tally.items()])
 
     def made_by(self, card: Card) -> str:
         """Which model and settings wrote the questions and answers (the first record's)."""
         bits = []
         for key, what in (("gen", "questions"), ("answer_gen", "answers")):
-            gen = card.first(key)
-            if isinstance(gen, dict) and gen.get("model") and any("question" in u.kinds or "answers" in u.kinds
-                                                                 or "pair" in u.kinds for u in card.units):
+            gen = card.first(key)  # eval records' own gen goes with each prediction instead
+            if isinstance(gen, dict) and gen.get("model"):
                 how = ", ".join(f"{k} {_num(gen[k])}" for k in ("strategy", "temperature", "top_k", "top_p") if k in gen)
                 bits.append(f"{what}: {self.m(gen['model'])}" + (f" ({escape(how)})" if how else ""))
         return f'<div class="gen">{SEP.join(bits)}</div>' if bits else ""
