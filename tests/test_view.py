@@ -328,3 +328,18 @@ def test_ten_thousand_records_render_one_page(tmp_path):
     live = dom.split('<div id="cards"', 1)[1].split('<nav class="pager"', 1)[0]
     assert live.count('<article class="card"') == 25 and "page 1 of 80" in dom
     assert "10000 of 10000 records match" in dom
+
+
+@pytest.mark.slow
+def test_a_real_dpo_folder(run, tiny_model, tmp_path):
+    """The curves of a folder `stmed dpo` wrote on the tiny model, from its own train_log.jsonl and _meta.json."""
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", jsonl(run / "pairs.jsonl") * 2)
+    proc = run_stmed("dpo", pairs, "-m", tiny_model, "-o", tmp_path / "dpo", "--max-steps", "2", "--batch-size", "1",
+                     "--grad-accum", "1", "-q")
+    assert proc.returncode == 0, proc.stderr
+    proc = run_stmed("view", tmp_path / "dpo", "-o", tmp_path / "dpo.html")
+    assert proc.returncode == 0, proc.stderr
+    p = Page((tmp_path / "dpo.html").read_text(encoding="utf-8"))
+    panels = [a["data-metric"] for t, a in p.tags if t == "svg" and "curve" in (a.get("class") or "")]
+    assert panels == ["loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"]
+    assert sum(t == "circle" for t, _ in p.tags) == 2 * len(panels), "one dot per logged step on every panel"
