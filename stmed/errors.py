@@ -33,6 +33,9 @@ def loading_model(model: str):
     a vision-language model (OSError, ValueError), as the one line every command prints for it."""
     try:
         yield
+    except ImportError as e:  # Qwen2-VL's video processor, for one, needs torchvision
+        raise InputError(f"-m {model}: its processor needs a library that is missing here ({e}); for "
+                         "torchvision, install the release built for your torch (torch 2.N pairs with torchvision 0.N+15)") from None
     except (OSError, ValueError) as e:
         lines = str(e).strip().splitlines()
         raise InputError(f"-m {model}: cannot load a vision-language model "

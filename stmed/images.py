@@ -200,6 +200,24 @@ def pad_to_square(img, mean: tuple[float, float, float] = CLIP_MEAN):
     return canvas
 
 
+def fit_pixels(img, max_pixels: int | None):
+    """``img`` downscaled, aspect kept, to at most ``max_pixels`` pixels (``--max-pixels``): the
+    bound on image tokens for dynamic-resolution processors (Qwen2-VL gives a 2321x1384 image
+    4,067 tokens), applied to the pixels so every stage and every family sees the same image."""
+    if not max_pixels or img.width * img.height <= max_pixels:
+        return img
+    from PIL import Image
+
+    scale = (max_pixels / (img.width * img.height)) ** 0.5
+    size = (max(1, int(img.width * scale)), max(1, int(img.height * scale)))
+    return img.resize(size, Image.Resampling.BICUBIC)
+
+
+def prepare(img, pad_square: bool = False, max_pixels: int | None = None):
+    """The image a model sees: padded square (LLaVA's ``pad``) when asked, then bounded in pixels."""
+    return fit_pixels(pad_to_square(img) if pad_square else img, max_pixels)
+
+
 def encode_for_api(img, max_side: int = 1024, quality: int = 90) -> tuple[str, str]:
     """(data URL, sha256 of the bytes) of an image resized to at most ``max_side``: pixels only."""
     img = img.convert("RGB")  # a copy; JPEG holds no alpha

@@ -48,13 +48,11 @@ def _margin(model, processor, question, image):
     import torch
 
     from stmed.images import load_image
-    from stmed.train.data import answer_prompt, completion
+    from stmed.train.data import encode_pair
     from stmed.train.pairs import PairCollator, pair_logps
 
-    prompt = answer_prompt(processor, question)
-    ex = {"images": [load_image(image)[0]], "prompt": prompt,  # unpadded: dpo's default, like answer's
-          "chosen": completion(processor, question, CHOSEN, prompt),
-          "rejected": completion(processor, question, REJECTED, prompt)}
+    ex = {"images": [load_image(image)[0]],  # unpadded: dpo's default, like answer's
+          **encode_pair(processor, [{"role": "user", "content": question}], CHOSEN, REJECTED)}
     with torch.no_grad():
         c, r = pair_logps(model, PairCollator(processor)([ex])).sums()
     return float(c - r)
@@ -72,9 +70,11 @@ def test_shared_prefix_gives_the_same_logps_and_gradients(tiny_model):
     model = get_peft_model(AutoModelForImageTextToText.from_pretrained(tiny_model),
                            LoraConfig(r=8, target_modules=r".*language_model.*\.(q_proj|v_proj|up_proj)",
                                       init_lora_weights=False))
-    answers = [(" Yes.</s>", " The liver, with a hypodense lesion in the right lobe.</s>"), (" Left lobe.</s>", " No.</s>")]
+    from stmed.train.data import encode_pair
+
+    answers = [("Yes.", "The liver, with a hypodense lesion in the right lobe."), ("Left lobe.", "No.")]
     batch = PairCollator(processor)([
-        {"images": [load_image(img)[0]], "prompt": f"USER: <image>\n{q} ASSISTANT:", "chosen": c, "rejected": r}
+        {"images": [load_image(img)[0]], **encode_pair(processor, [{"role": "user", "content": q}], c, r)}
         for img, q, (c, r) in zip(_images(), ["Is it?", "Where is the abnormality located in this scan?"], answers)])
     shared, concat = shared_prefix_logps(model, batch), concat_logps(model, batch)
     assert torch.allclose(shared.log_probs, concat.log_probs, atol=1e-4), "shared prompt changed the log-probs"
@@ -116,7 +116,7 @@ def test_dpo_learns_a_synthetic_preference(trained, tiny_model):
     assert all(a > b + 0.5 for a, b in zip(after, before)), f"margin vs reference did not grow: {before} -> {after}"
     meta = json.loads((tmp / "out" / "_meta.json").read_text())
     assert meta["config"]["beta"] == 0.1 and meta["data"]["pairs"] == 16 and len(meta["data"]["sha256"]) == 64
-    assert meta["config"]["pad_square"] is False, "dpo must default to answer's images: unpadded"
+    assert meta["data"]["images"]["pad_square"] is False, "dpo must default to answer's images: unpadded"
 
 
 def test_merged_model_matches_base_plus_adapter(trained, tiny_model):
@@ -247,8 +247,9 @@ def test_pad_square_defaults_off_and_the_flag_is_recorded(tiny_model, tmp_path):
     pairs.write_text("".join(json.dumps({"id": f"w{i}", "image": str(wide), "question": q, "chosen": CHOSEN,
                                          "rejected": REJECTED}) + "\n" for i, q in enumerate(QUESTIONS)))
     processor = AutoProcessor.from_pretrained(tiny_model)
-    rows = load_pairs(str(pairs), processor, errors=ErrorSink(None))
+    rows, settings = load_pairs(str(pairs), processor, errors=ErrorSink(None))
     assert rows[0]["images"][0].size == (120, 60), "pairs must be scored on the pixels answer saw (no pad)"
+    assert settings == {"pad_square": False, "max_pixels": None}
     out = tmp_path / "out"
     proc = run_stmed("dpo", pairs, "-m", tiny_model, "-o", out, "--max-steps", "1", "--pad-square", *FAST)
     assert proc.returncode == 0, proc.stderr

@@ -39,16 +39,17 @@ def make_batch(processor, pairs: int, text_tokens: int, answer_tokens: int, devi
     import torch
     from PIL import Image
 
-    from stmed.train.data import answer_prompt
+    from stmed.core.chat import render
+    from stmed.train.data import encode_pair
     from stmed.train.pairs import PairCollator
 
     tok = processor.tokenizer
     words, question = list(WORDS), ""
-    while len(tok(answer_prompt(processor, question), add_special_tokens=False)["input_ids"]) < text_tokens + 1:
+    ask = lambda q: [{"role": "user", "content": q}]  # noqa: E731
+    while len(tok(render(processor, ask(question)), add_special_tokens=False)["input_ids"]) < text_tokens + 1:
         question += words[len(question.split()) % len(words)] + " "
     image = Image.new("RGB", (336, 336), (90, 90, 90))
-    examples = [{"images": [image], "prompt": answer_prompt(processor, question.strip()), "chosen": "a",
-                 "rejected": "b"} for _ in range(pairs)]
+    examples = [{"images": [image], **encode_pair(processor, ask(question.strip()), "a", "b")} for _ in range(pairs)]
     batch = PairCollator(processor)(examples)
     g = torch.Generator().manual_seed(0)
     batch["completion_ids"] = torch.randint(10, len(tok), (2 * pairs, answer_tokens), generator=g)

@@ -21,6 +21,8 @@ Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:
 DType = Annotated[str, typer.Option("--dtype", help="auto | bfloat16 | float16 | float32 (auto: bf16 on a GPU that has it).")]
 BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Generation batch size (halved on out-of-memory).")]
 Seed = Annotated[int, typer.Option("--seed", help="Base seed; every sample records its own seed.")]
+ChatTemplate = Annotated[Optional[str], typer.Option("--chat-template", help="Jinja chat template file (or a chat_template.json) replacing the model's own.")]
+MaxPixels = Annotated[Optional[int], typer.Option("--max-pixels", min=784, help="Downscale each image to at most N pixels: bounds the image tokens of dynamic-resolution models (Qwen2-VL); recorded in outputs.")]
 TrustRemote = Annotated[bool, typer.Option("--trust-remote-code", help="Allow the model repo's own Python code.")]
 Output = Annotated[Optional[str], typer.Option("-o", "--output", help="Output JSONL (resumed when it exists); default stdout.")]
 Errors = Annotated[Optional[str], typer.Option("--errors", help="Bad records go here (default OUTPUT.errors.jsonl, or stderr).")]

@@ -35,10 +35,16 @@ ReportTo = Annotated[Optional[str], Opt("--report-to", help="none | tensorboard 
 SaveSteps = Annotated[Optional[int], Opt("--save-steps", min=1, help="Checkpoint every N steps (500).")]
 GradCkpt = Annotated[Optional[bool], Opt("--gradient-checkpointing/--no-gradient-checkpointing", help="Default: on a GPU unless the shared prompt cache is used.")]
 PadSquare = Annotated[Optional[bool], Opt("--pad-square/--no-pad-square", help="Pad images square with the mean colour (LLaVA's pad); use the same setting as gen-questions/answer.")]
+DryRun = Annotated[Optional[bool], Opt("--dry-run", help="Load the model and data, print the first example exactly as it will be trained, and stop.")]
+AsJson = Annotated[bool, Opt("--json", help="With --dry-run: one JSON object of tokens and ids on stdout.")]
 TrainErrors = Annotated[Optional[str], Opt("--errors", help="Bad records go here (default OUTDIR/errors.jsonl).")]
 
 
-def _finish(summary: dict, quiet: bool) -> int:
+def _finish(summary: dict, quiet: bool, as_json: bool = False) -> int:
+    if "dry_run" in summary:
+        from stmed.train.show import show_example
+
+        show_example(summary.pop("dry_run"), as_json)
     from stmed.train.common import is_main_process
 
     if not quiet and is_main_process():  # one summary per run, not one per process
@@ -55,7 +61,7 @@ def _config(cls, config_file, data, output, flags: dict):
     values = dict(flags, learning_rate=flags.get("lr"), data=data, output_dir=output)
     if values.get("image_root") is not None:
         values["image_root"] = str(values["image_root"])
-    for switch in ("overwrite", "quiet", "trust_remote_code"):  # unset (False) lets the file decide
+    for switch in ("overwrite", "quiet", "trust_remote_code", "dry_run"):  # unset (False) lets the file decide
         values[switch] = values.get(switch) or None
     names = {f.name for f in fields(cls)}
     return make_config(cls, config_file, {k: v for k, v in values.items() if k in names})
@@ -73,14 +79,16 @@ def dpo(pairs: Annotated[str, typer.Argument(help="Pairs: stmed judge output or 
         report_to: ReportTo = None, save_steps: SaveSteps = None, gradient_checkpointing: GradCkpt = None,
         share_prefix: Annotated[Optional[bool], Opt("--share-prefix/--no-share-prefix", help="Compute the image prompt once per pair (default on).")] = None,
         seed: Annotated[Optional[int], Opt("--seed", help="Training seed (42).")] = None, image_root: c.ImageRoot = None,
-        pad_square: PadSquare = None, limit: c.Limit = None, errors: TrainErrors = None, overwrite: c.Overwrite = False,
-        trust_remote_code: c.TrustRemote = False, quiet: c.Quiet = False) -> int:
+        pad_square: PadSquare = None, max_pixels: c.MaxPixels = None, chat_template: c.ChatTemplate = None,
+        limit: c.Limit = None, errors: TrainErrors = None, overwrite: c.Overwrite = False,
+        trust_remote_code: c.TrustRemote = False, dry_run: DryRun = None, json_out: AsJson = False,
+        quiet: c.Quiet = False) -> int:
     """Preference-train a LoRA adapter with DPO (trl), the paper's defaults."""
     from stmed.train import dpo as lib
     from stmed.train.common import DPOConfig
 
     cfg = _config(DPOConfig, config, pairs, output, locals())
-    return _finish(lib.run(cfg), cfg.quiet)
+    return _finish(lib.run(cfg), cfg.quiet, json_out)
 
 
 @app.command("sft")
@@ -96,8 +104,10 @@ def sft(data: Annotated[str, typer.Argument(help="LLaVA conversations (JSON list
         lora_vision: LoraVision = None, full: Full = None, resume: Resume = None, merge: Merge = None,
         report_to: ReportTo = None, save_steps: SaveSteps = None, gradient_checkpointing: GradCkpt = None,
         seed: Annotated[Optional[int], Opt("--seed", help="Seed for training and the self-asked draw (42).")] = None,
-        image_root: c.ImageRoot = None, pad_square: PadSquare = None, limit: c.Limit = None, errors: TrainErrors = None,
-        overwrite: c.Overwrite = False, trust_remote_code: c.TrustRemote = False, quiet: c.Quiet = False) -> int:
+        image_root: c.ImageRoot = None, pad_square: PadSquare = None, max_pixels: c.MaxPixels = None,
+        chat_template: c.ChatTemplate = None, limit: c.Limit = None, errors: TrainErrors = None,
+        overwrite: c.Overwrite = False, trust_remote_code: c.TrustRemote = False, dry_run: DryRun = None,
+        json_out: AsJson = False, quiet: c.Quiet = False) -> int:
     """Stage 1: supervised fine-tuning that teaches the model to ask (visual self-questioning)."""
     from stmed.train import sft as lib
     from stmed.train.common import SFTConfig
@@ -108,4 +118,4 @@ def sft(data: Annotated[str, typer.Argument(help="LLaVA conversations (JSON list
     if not output:
         c.fail("-o/--output is required to train")
     cfg = _config(SFTConfig, config, data, output, locals())
-    return _finish(lib.run(cfg), cfg.quiet)
+    return _finish(lib.run(cfg), cfg.quiet, json_out)

@@ -1,4 +1,5 @@
-"""Render conversations into prompt text through the model's own chat template.
+"""Render conversations into prompt text through the model's own chat template: the one
+function every stage renders prompts with, for sampling and for training alike.
 
 Messages are plain ``{"role", "content": str}`` dicts (OpenAI style); the image goes with the
 first user turn. ``continue_as="user"`` renders the conversation so that the model's next words
@@ -9,11 +10,52 @@ from __future__ import annotations
 
 from typing import Literal
 
+from stmed.errors import InputError
+
 ContinueAs = Literal["assistant", "user"]
 _SENTINEL = "\u2063STMED-CUT\u2063"  # invisible separator: never produced by a tokenizer round trip
 
-# LLaVA-1.5's plain format, for processors that come without a chat template.
-FALLBACK_ROLES = {"system": "{text}\n", "user": "USER: {text} ", "assistant": "ASSISTANT: {text}</s>"}
+
+class NoTemplate(InputError):
+    """No usable chat template: the message names the --chat-template flag."""
+
+
+def use_template(processor, path: str | None = None) -> None:
+    """Give the processor the template it renders with: ``path`` (--chat-template FILE) when given,
+    else its own, else its tokenizer's (a checkpoint whose template sits only in tokenizer_config.json).
+    Checked here, once, to render an image turn; a template that cannot is NoTemplate."""
+    from pathlib import Path
+
+    tok = getattr(processor, "tokenizer", None)
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise NoTemplate(f"--chat-template {path}: no such file")
+        text = p.read_text(encoding="utf-8")
+        if p.suffix == ".json":  # chat_template.json as checkpoints ship it
+            import json
+
+            try:
+                text = json.loads(text)["chat_template"]
+            except (ValueError, KeyError, TypeError):
+                raise NoTemplate(f"--chat-template {path}: expected a JSON object with a 'chat_template' key") from None
+        processor.chat_template = text
+        if tok is not None:
+            tok.chat_template = text
+    elif not getattr(processor, "chat_template", None) and getattr(tok, "chat_template", None):
+        processor.chat_template = tok.chat_template
+    if not getattr(processor, "chat_template", None):
+        raise NoTemplate("this model comes with no chat template; pass --chat-template FILE (a Jinja template, "
+                         "or a chat_template.json)")
+    try:
+        with_image = render(processor, [{"role": "user", "content": _SENTINEL}], continue_as="assistant")
+        without = render(processor, [{"role": "user", "content": _SENTINEL}], with_image=False, continue_as="assistant")
+    except Exception as e:  # jinja's errors: the template is the user's input here
+        raise NoTemplate(f"the chat template cannot render a user turn ({type(e).__name__}: {e}); pass "
+                         "--chat-template FILE") from None
+    if with_image.count(_SENTINEL) != 1 or with_image == without or "'type'" in with_image:
+        raise NoTemplate("the chat template cannot render an image turn (it drops the image or writes the "
+                         "message parts as text); pass --chat-template FILE with one that can")
 
 
 def _hf_messages(messages: list[dict], with_image: bool) -> list[dict]:
@@ -41,9 +83,6 @@ def _fold_system(messages: list[dict]) -> list[dict]:
 
 
 def _apply(processor, messages: list[dict], with_image: bool, generation_prompt: bool) -> str:
-    template = getattr(processor, "chat_template", None) or getattr(getattr(processor, "tokenizer", None), "chat_template", None)
-    if not template:
-        return _fallback(processor, messages, with_image, generation_prompt)
     try:
         return processor.apply_chat_template(
             _hf_messages(messages, with_image), add_generation_prompt=generation_prompt, tokenize=False
@@ -54,28 +93,42 @@ def _apply(processor, messages: list[dict], with_image: bool, generation_prompt:
         raise
 
 
-def _fallback(processor, messages: list[dict], with_image: bool, generation_prompt: bool) -> str:
-    image_token = getattr(processor, "image_token", "<image>")
-    text, placed = "", not with_image
-    for m in messages:
-        content = m["content"]
-        if m["role"] == "user" and not placed:
-            content, placed = f"{image_token}\n{content}", True
-        text += FALLBACK_ROLES[m["role"]].format(text=content)
-    return text + ("ASSISTANT:" if generation_prompt else "")
-
-
 def render(processor, messages: list[dict], *, with_image: bool = True, continue_as: ContinueAs = "assistant") -> str:
     """Prompt text whose continuation is the next ``continue_as`` turn."""
     if continue_as == "assistant":
-        return _apply(processor, messages, with_image, generation_prompt=True)
+        return _closed(processor, messages, _apply(processor, messages, with_image, generation_prompt=True))
     # Render one more user turn holding a sentinel and cut there: whatever the template puts
     # before a user's words (role header, separators) is kept, for any model's template.
     probe = [*messages, {"role": "user", "content": _SENTINEL}]
-    text = _apply(processor, probe, with_image, generation_prompt=False)
+    text = _closed(processor, messages, _apply(processor, probe, with_image, generation_prompt=False))
     cut = text.find(_SENTINEL)
     assert cut >= 0, "chat template dropped the user turn; cannot continue in the user's role"
-    return text[:cut]
+    return user_junction(processor, text[:cut])
+
+
+def _closed(processor, messages: list[dict], text: str) -> str:
+    """Earlier assistant turns closed by their end-of-turn token, as training writes them
+    (stmed.core.tokens.close_turns): a prompt that continues after an answer sees what the model
+    emitted there."""
+    if not any(m["role"] == "assistant" for m in messages):
+        return text
+    from stmed.core.tokens import close_turns
+
+    return close_turns(processor, text, messages)[0]
+
+
+def user_junction(processor, prefix: str) -> str:
+    """``prefix`` (text up to where a user's words begin) without trailing whitespace that the
+    tokenizer would merge into the user's first word: "USER: " ends in a lone "▁" that no
+    rendered user turn has ("USER: What" is [..., ":", "▁What"]), so the prompt ends at "USER:"."""
+    tok = getattr(processor, "tokenizer", processor)
+    whole = tok(prefix + "What", add_special_tokens=False)["input_ids"]
+    while prefix and prefix[-1] in " \t":
+        head = tok(prefix, add_special_tokens=False)["input_ids"]
+        if whole[: len(head)] == head:
+            break
+        prefix = prefix[:-1]
+    return prefix
 
 
 def render_turns(processor, messages: list[dict], *, with_image: bool = True) -> str:

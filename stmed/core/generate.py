@@ -167,16 +167,13 @@ class Generator:
             batch = batch + [batch[-1]] * (self.batch_size - real)  # fixed shapes: no recompiles
         texts = [prompts[i] for i, _, _ in batch]
         images = [requests[i].image for i, _, _ in batch]
-        kwargs: dict[str, Any] = {"text": texts, "padding": True, "return_tensors": "pt"}
-        if images[0] is not None:
-            kwargs["images"] = images
-        if self.static_cache:
-            kwargs["pad_to_multiple_of"] = 64
-        enc = loaded.processor(**kwargs).to(loaded.device)
+        enc = encode_batch(loaded.processor, texts, images if images[0] is not None else None,
+                           pad_to_multiple_of=64 if self.static_cache else None).to(loaded.device)
         if "pixel_values" in enc:
             enc["pixel_values"] = enc["pixel_values"].to(loaded.dtype)
         prompt_len = enc["input_ids"].shape[1]
-        gen_kwargs: dict[str, Any] = dict(max_new_tokens=params.max_new_tokens, do_sample=False,
+        ends = stop_ids(loaded)
+        gen_kwargs: dict[str, Any] = dict(max_new_tokens=params.max_new_tokens, do_sample=False, eos_token_id=ends,
                                           pad_token_id=self.tok.pad_token_id, temperature=None, top_p=None, top_k=None)
         if params.ignore_eos:
             gen_kwargs["min_new_tokens"] = params.max_new_tokens
@@ -191,7 +188,7 @@ class Generator:
             out = loaded.model.generate(**enc, **gen_kwargs)
         new = out[:real, prompt_len:]
         results = []
-        ends = {self.tok.eos_token_id, self.tok.pad_token_id}  # finished rows are padded after their end
+        ends = {*ends, self.tok.pad_token_id}  # finished rows are padded after their end
         for row in new.tolist():
             n = len(row)
             if not params.ignore_eos:
@@ -199,6 +196,38 @@ class Generator:
             text = self.tok.decode(row[:n], skip_special_tokens=True)
             results.append((cut_at_stop(text, params.stop), n))
         return results
+
+
+def stop_ids(loaded) -> list[int]:
+    """Where a sample ends: the token that ends an assistant turn in this template (the one
+    training appends to every answer: stmed.core.tokens.turn_end), the tokenizer's EOS and the
+    checkpoint's generation_config EOS ids."""
+    from stmed.core.tokens import turn_end
+
+    ids = [turn_end(loaded.processor).token_id, loaded.tokenizer.eos_token_id]
+    configured = getattr(getattr(loaded.model, "generation_config", None), "eos_token_id", None)
+    ids += configured if isinstance(configured, list) else [configured]
+    return list(dict.fromkeys(i for i in ids if i is not None))
+
+
+def encode_batch(processor, texts: list[str], images: list | None, *, padding_side: str = "left",
+                 pad_to_multiple_of: int | None = None):
+    """Prompts (and their images) through the processor, the way every stage and training do it:
+    each sample gets its own image list (families that tile or take several images per sample
+    want the nesting), and BOS is added only where the rendered text does not start with it."""
+    from stmed.core.tokens import adds_special_tokens, tokenizer_of
+
+    kwargs: dict[str, Any] = {"text": texts, "padding": True, "padding_side": padding_side, "return_tensors": "pt",
+                              "add_special_tokens": adds_special_tokens(tokenizer_of(processor), texts[0])}
+    if images is not None:
+        kwargs["images"] = [[img] for img in images]
+    if pad_to_multiple_of:
+        kwargs["pad_to_multiple_of"] = pad_to_multiple_of
+    return processor(**kwargs)
+
+
+# Processor outputs with one value per token: cut, padded and extended together with input_ids.
+TOKEN_KEYS = ("attention_mask", "token_type_ids", "mm_token_type_ids")
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:
@@ -245,12 +274,12 @@ def choice_logprobs(loaded, requests: Sequence[GenRequest], choices: Sequence[st
     for drop, members in groups.items():
         for start in range(0, len(members), batch_size):
             rows = members[start:start + batch_size]
-            kwargs: dict[str, Any] = {"text": [prompts[i] + choices[0] for i in rows], "padding": True,
-                                      "return_tensors": "pt"}
-            if all(requests[i].image is not None for i in rows):
-                kwargs["images"] = [requests[i].image for i in rows]
-            enc = loaded.processor(**kwargs).to(loaded.device)
-            enc["input_ids"], enc["attention_mask"] = enc["input_ids"][:, :-drop], enc["attention_mask"][:, :-drop]
+            images = [requests[i].image for i in rows]
+            enc = encode_batch(loaded.processor, [prompts[i] + choices[0] for i in rows],
+                               images if all(img is not None for img in images) else None).to(loaded.device)
+            for key in ("input_ids", *TOKEN_KEYS):
+                if key in enc:
+                    enc[key] = enc[key][:, :-drop]
             if "pixel_values" in enc:
                 enc["pixel_values"] = enc["pixel_values"].to(loaded.dtype)
             with torch.inference_mode():

@@ -23,6 +23,7 @@ class ModelSpec:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto: bf16 on a GPU that has it, else float32
     trust_remote_code: bool = False
+    chat_template: str | None = None  # --chat-template FILE: replaces the checkpoint's template
 
 
 @dataclass
@@ -83,13 +84,13 @@ def load_model(spec: ModelSpec) -> Loaded:
     local = Path(spec.model).expanduser()
     if spec.model.startswith((".", "/", "~")) and not local.exists():  # before the slow imports
         raise InputError(f"-m {spec.model}: no such model folder")
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoModelForImageTextToText
 
     _quiet_hf()
     device = resolve_device(spec.device)
     dtype = resolve_dtype(spec.dtype, device)
+    processor = load_processor(spec)
     with loading_model(spec.model):
-        processor = AutoProcessor.from_pretrained(spec.model, trust_remote_code=spec.trust_remote_code)
         model = AutoModelForImageTextToText.from_pretrained(
             spec.model, dtype=dtype, trust_remote_code=spec.trust_remote_code
         )
@@ -101,6 +102,20 @@ def load_model(spec: ModelSpec) -> Loaded:
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return Loaded(model=model, processor=processor, spec=spec, device=device, dtype=dtype)
+
+
+def load_processor(spec: ModelSpec):
+    """The checkpoint's processor with the chat template every stage renders with (see
+    ``chat.use_template``), or one InputError line."""
+    from transformers import AutoProcessor
+
+    from stmed.core.chat import use_template
+
+    _quiet_hf()
+    with loading_model(spec.model):
+        processor = AutoProcessor.from_pretrained(spec.model, trust_remote_code=spec.trust_remote_code)
+    use_template(processor, spec.chat_template)
+    return processor
 
 
 def _apply_adapter(model, adapter: str):

@@ -9,14 +9,14 @@ from pathlib import Path
 from typing import TypeVar
 
 from stmed.errors import RecordError
-from stmed.images import load_image, pad_to_square, resolve_path
+from stmed.images import load_image, prepare, resolve_path
 from stmed.records import Record
 
 T = TypeVar("T")
 
 
-def record_image(rec: Record, image_root: Path | None = None, pad_square: bool = False):
-    """The record's image as RGB (optionally padded square), or RecordError naming file:line."""
+def record_image(rec: Record, image_root: Path | None = None, pad_square: bool = False, max_pixels: int | None = None):
+    """The record's image as RGB (optionally padded square, bounded in pixels), or RecordError naming file:line."""
     image = rec.get("image")
     if image is not None and not isinstance(image, str):
         raise RecordError(f"{rec.where}: field 'image' must be str, got {type(image).__name__}")
@@ -25,7 +25,7 @@ def record_image(rec: Record, image_root: Path | None = None, pad_square: bool =
     path = resolve_path(image, rec.base_dir, image_root)
     try:
         stat = path.stat()
-        return _load(str(path), stat.st_mtime_ns, stat.st_size, pad_square)
+        return _load(str(path), stat.st_mtime_ns, stat.st_size, pad_square, max_pixels)
     except FileNotFoundError:
         raise RecordError(f"{rec.where}: {path}: image not found") from None
     except RecordError as e:
@@ -33,11 +33,11 @@ def record_image(rec: Record, image_root: Path | None = None, pad_square: bool =
 
 
 @lru_cache(maxsize=8)
-def _load(path: str, mtime_ns: int, size: int, pad_square: bool):
+def _load(path: str, mtime_ns: int, size: int, pad_square: bool, max_pixels: int | None):
     """Questions about one image sit together: decode it once, not once per question. Keyed by
     modification time and size so a rewritten file is read again; small, as images can be big."""
     img, _ = load_image(path)
-    return pad_to_square(img) if pad_square else img
+    return prepare(img, pad_square, max_pixels)
 
 
 def seed_for(base: int, key: str, k: int) -> int:

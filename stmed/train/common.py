@@ -56,9 +56,13 @@ class TrainConfig:
     max_length: int | None = None  # None: never truncate; only answers are ever cut, never image tokens
     bf16: bool | None = None  # None: on when the GPU supports it (the paper trains in bf16)
     gradient_checkpointing: bool | None = None  # None: on a GPU, unless the step's own plan rules it out
-    # Off, as in gen-questions/answer/eval: DPO must score the pixels the answers were sampled from.
+    # None: what the records say they were sampled with (answer_prompt), else off, as in
+    # gen-questions/answer/eval: training must see the pixels the answers were sampled from.
     # LLaVA-1.5 (and LLaVA-Med) trained on padded images: turn it on here and there alike.
-    pad_square: bool = False
+    pad_square: bool | None = None
+    max_pixels: int | None = None  # bound on an image's pixels (dynamic-resolution processors); None: as sampled
+    chat_template: str | None = None  # a Jinja file replacing the checkpoint's chat template
+    dry_run: bool = False  # print the first example as it will be trained, and stop
     image_root: str | None = None
     logging_steps: int = 1
     save_steps: int = 500
@@ -78,6 +82,8 @@ class TrainConfig:
             raise InputError(f"--report-to {self.report_to!r}: expected none, tensorboard or wandb")
         if self.full and self.lora_vision:
             raise InputError("--full and --lora-vision exclude each other")
+        if self.max_pixels is not None and self.max_pixels < 784:
+            raise InputError(f"--max-pixels {self.max_pixels}: must be at least 784 (28 x 28)")
         if self.max_length is not None and self.max_length < 1:
             raise InputError(f"--max-length {self.max_length}: must be positive")
 
@@ -192,14 +198,12 @@ def lora_config(cfg: TrainConfig):
 
 
 def load_processor(cfg: TrainConfig):
-    """The processor alone (enough to read and check the data), or one InputError line."""
-    from transformers import AutoProcessor
+    """The processor alone (enough to read and check the data), with the chat template every
+    stage renders with, or one InputError line."""
+    from stmed.core.model import ModelSpec
+    from stmed.core.model import load_processor as load
 
-    from stmed.core.model import _quiet_hf
-
-    _quiet_hf()
-    with loading_model(cfg.model):
-        return AutoProcessor.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    return load(ModelSpec(cfg.model, trust_remote_code=cfg.trust_remote_code, chat_template=cfg.chat_template))
 
 
 def load_for_training(cfg: TrainConfig, wrap: bool = True, processor=None):

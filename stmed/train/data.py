@@ -5,8 +5,10 @@ Two input formats:
 - STLLaVA-Med's: {"image", "chosen_conversations", "reject_conversations"} (LLaVA turns,
   the question in the first human turn, the answer in the last gpt turn), as JSONL or a JSON list.
 
-The prompt is rendered exactly as ``stmed answer`` asks the question (one user turn with the
-image, the assistant answering), so DPO trains the behaviour that answering uses. Rows keep
+The prompt is rendered exactly as ``stmed answer`` asked the question: the messages and image
+settings that answer records carry under ``answer_prompt`` (system prompt and template applied),
+else one user turn with the image; answers are tokenized after that prompt and end with the
+template's end-of-turn token (stmed.core.tokens), so DPO trains the ids generation emits. Rows keep
 only the image path; ``with_transform`` opens the image when a batch is drawn, so 10k pairs
 never sit decoded in memory.
 """
@@ -117,64 +119,111 @@ def parse_pair(record: Record) -> tuple[str, str, str]:
     return question, chosen, rejected
 
 
-def answer_prompt(processor, question: str) -> str:
-    """The prompt ``stmed answer`` sends for a question: one user turn with the image."""
+ANSWER_PROMPT = "answer_prompt"  # the key `stmed answer` records its prompt and image settings under
+IMAGE_SETTINGS = ("pad_square", "max_pixels")
+
+
+def prompt_messages(record: Record, question: str) -> list[dict]:
+    """The messages the answers were sampled from (``answer_prompt.messages``, written by
+    ``stmed answer``: system prompt and template applied), or one user turn holding the question."""
+    given = record.get(ANSWER_PROMPT)
+    if given is None:
+        return [{"role": "user", "content": question}]
+    msgs = given.get("messages") if isinstance(given, dict) else None
+    if (not isinstance(msgs, list) or not msgs or msgs[-1].get("role") != "user"
+            or any(not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant")
+                   or not isinstance(m.get("content"), str) for m in msgs)):
+        raise RecordError(f"{record.where}: {ANSWER_PROMPT}.messages must be a list of {{role, content}} turns "
+                          "ending with the user's")
+    return [{"role": m["role"], "content": m["content"]} for m in msgs]
+
+
+def encode_pair(processor, messages: list[dict], chosen: str, rejected: str) -> dict:
+    """{"prompt", "chosen_ids", "rejected_ids"}: the prompt text as sampling renders it and each
+    answer's ids after it, end-of-turn token included (stmed.core.tokens)."""
     from stmed.core.chat import render
+    from stmed.core.tokens import answer_ids
 
-    return render(processor, [{"role": "user", "content": question}], with_image=True, continue_as="assistant")
-
-
-def completion(processor, question: str, answer: str, prompt: str) -> str:
-    """What the template writes after the prompt for this answer (the end-of-turn token included)."""
-    from stmed.core.chat import render_turns
-
-    full = render_turns(processor, [{"role": "user", "content": question}, {"role": "assistant", "content": answer}])
-    if full.startswith(prompt):
-        return full[len(prompt):]
-    tok = getattr(processor, "tokenizer", processor)  # templates that rewrite earlier turns
-    return " " + answer + (tok.eos_token or "")
+    return {"prompt": render(processor, messages, with_image=True, continue_as="assistant"),
+            "chosen_ids": answer_ids(processor, messages, chosen), "rejected_ids": answer_ids(processor, messages, rejected)}
 
 
-def lazy_images(pad_square: bool):
+def image_settings(records: list[Record], flags: dict) -> dict:
+    """The image settings the answers were sampled with (``answer_prompt``), which training must
+    use: a flag that contradicts them, or records that disagree, is an InputError naming file:line.
+    Records that say nothing take the flags (unset: no padding, no pixel bound)."""
+    found: dict[str, tuple[object, str]] = {}
+    for rec in records:
+        given = rec.get(ANSWER_PROMPT)
+        if not isinstance(given, dict):
+            continue
+        for key in IMAGE_SETTINGS:
+            if key not in given:
+                continue
+            value, seen = given[key], found.get(key)
+            if seen is not None and seen[0] != value:
+                raise InputError(f"{rec.where}: answers sampled with {key}={value!r}, but {seen[1]} says "
+                                 f"{seen[0]!r}; train on pairs sampled one way")
+            found.setdefault(key, (value, rec.where))
+    out = {}
+    for key in IMAGE_SETTINGS:
+        flag = flags.get(key)
+        if key in found and flag is not None and flag != found[key][0]:
+            name = "--pad-square" if key == "pad_square" else "--max-pixels"
+            raise InputError(f"{found[key][1]}: the answers were sampled with {key}={found[key][0]!r}, which "
+                             f"contradicts {name} {flag}; drop the flag to train on the images they were sampled from")
+        out[key] = found[key][0] if key in found else flag
+    out["pad_square"] = bool(out["pad_square"])
+    return out
+
+
+def lazy_images(settings: dict):
     """A ``with_transform`` function that opens each row's image when the batch is drawn."""
 
     def transform(batch: dict) -> dict:
-        from stmed.images import load_image, pad_to_square
+        from stmed.images import load_image, prepare
 
         images = []
         for path in batch["image_path"]:
             img, _ = load_image(path)
-            images.append([pad_to_square(img) if pad_square else img])
+            images.append([prepare(img, settings["pad_square"], settings["max_pixels"])])
         return {**batch, "images": images}
 
     return transform
 
 
 def load_pairs(path: str | Path, processor, *, errors: ErrorSink, image_root: Path | None = None,
-               pad_square: bool = False, limit: int | None = None):
-    """Valid pairs as a Dataset (id, image_path, prompt, chosen, rejected, where; "images" on access).
+               flags: dict | None = None, limit: int | None = None):
+    """(Dataset, image settings): valid pairs (id, image_path, prompt, chosen_ids, rejected_ids,
+    where; "images" on access), each prompt rendered as the answers were sampled, each answer
+    tokenized after it (stmed.core.tokens) and ending with the end-of-turn token.
 
     Bad pairs go to ``errors``; no valid pair at all is an InputError, raised before any
     model would be loaded (the processor is all this needs).
     """
     from datasets import Dataset
 
+    from stmed.core.tokens import TokenMismatch
+
     records = read_any(path)
     if limit is not None:
         records = records[:limit]
-    rows: dict[str, list] = {k: [] for k in ("id", "image_path", "prompt", "chosen", "rejected", "where")}
+    settings = image_settings(records, flags or {})
+    rows: dict[str, list] = {k: [] for k in ("id", "image_path", "prompt", "chosen_ids", "rejected_ids", "where")}
     for rec in records:
         try:
             question, chosen, rejected = parse_pair(rec)
+            messages = prompt_messages(rec, question)
             image = check_image(rec, image_root)
+            encoded = encode_pair(processor, messages, chosen, rejected)
         except RecordError as e:
             errors.add(rec, str(e))
             continue
-        prompt = answer_prompt(processor, question)
-        for key, value in (("id", str(rec.get("id"))), ("image_path", str(image)), ("prompt", prompt),
-                           ("chosen", completion(processor, question, chosen, prompt)),
-                           ("rejected", completion(processor, question, rejected, prompt)), ("where", rec.where)):
+        except TokenMismatch as e:
+            errors.add(rec, f"{rec.where}: {e}")
+            continue
+        for key, value in (("id", str(rec.get("id"))), ("image_path", str(image)), ("where", rec.where), *encoded.items()):
             rows[key].append(value)
     if not rows["id"]:
         raise InputError(f"{path}: no usable preference pairs ({errors.count} rejected; see the errors output)")
-    return Dataset.from_dict(rows).with_transform(lazy_images(pad_square))
+    return Dataset.from_dict(rows).with_transform(lazy_images(settings)), settings

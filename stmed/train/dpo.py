@@ -118,6 +118,8 @@ def run(cfg: DPOConfig) -> dict:
     from stmed.train.loop import callbacks, fit
     from stmed.train.pairs import PairCollator, uses_mrope
 
+    if cfg.dry_run:
+        return dry_run(cfg)
     resume_from = prepare_outdir(cfg)
     # The data is read with the processor alone, so a bad file fails before the model loads;
     # a model that does not load stops before OUTDIR exists.
@@ -127,8 +129,7 @@ def run(cfg: DPOConfig) -> dict:
 
         errors = error_sink(cfg)  # written by the main process only
         try:
-            dataset = load_pairs(cfg.data, processor, errors=errors, pad_square=cfg.pad_square, limit=cfg.limit,
-                                 image_root=Path(cfg.image_root) if cfg.image_root else None)
+            dataset, images = _pairs(cfg, processor, errors)
         finally:
             errors.close()
         say(cfg, f"{len(dataset)} pairs, {errors.count} rejected")
@@ -136,7 +137,7 @@ def run(cfg: DPOConfig) -> dict:
             say(cfg, f"{errors.count} failed record(s) listed in {errors.path}")
         model, processor = load_for_training(cfg, wrap=False, processor=processor)
     write_meta(cfg, "dpo", {"path": str(cfg.data), "sha256": file_sha256(cfg.data), "pairs": len(dataset),
-                            "rejected": errors.count})
+                            "rejected": errors.count, "images": images})
     share_prefix = cfg.share_prefix
     if share_prefix and uses_mrope(model):
         share_prefix = False
@@ -155,6 +156,33 @@ def run(cfg: DPOConfig) -> dict:
     trainer.share_prefix = share_prefix and not trainer.is_fsdp_enabled  # FSDP needs one root forward
     summary = fit(trainer, cfg, resume_from, processor)
     return {"pairs": len(dataset), "rejected": errors.count, **summary}
+
+
+def _pairs(cfg: DPOConfig, processor, errors: ErrorSink):
+    return load_pairs(cfg.data, processor, errors=errors, limit=cfg.limit,
+                      flags={"pad_square": cfg.pad_square, "max_pixels": cfg.max_pixels},
+                      image_root=Path(cfg.image_root) if cfg.image_root else None)
+
+
+def dry_run(cfg: DPOConfig) -> dict:
+    """The first pair exactly as training sees it (prompt ids as the collator makes them, each
+    answer's ids with its end token), after loading the model and the data; nothing is written."""
+    from stmed.train.pairs import PairCollator
+
+    processor = load_processor(cfg)
+    errors = ErrorSink(None)
+    dataset, images = _pairs(cfg, processor, errors)
+    load_for_training(cfg, wrap=False, processor=processor)
+    batch = PairCollator(processor, cfg.max_length)([dataset[0]])
+    tok = getattr(processor, "tokenizer", processor)
+    out = {"id": dataset[0]["id"], "images": images}
+    rows = {"prompt": (batch["prompt_input_ids"][0], batch["prompt_attention_mask"][0]),
+            "chosen": (batch["completion_ids"][0], batch["completion_attention_mask"][0]),
+            "rejected": (batch["completion_ids"][1], batch["completion_attention_mask"][1])}
+    for name, (ids, mask) in rows.items():
+        kept = ids[mask.bool()].tolist()
+        out[f"{name}_ids"], out[f"{name}_tokens"] = kept, tok.convert_ids_to_tokens(kept)
+    return {"dry_run": out, "pairs": len(dataset), "rejected": errors.count}
 
 
 def _on_gpu() -> bool:

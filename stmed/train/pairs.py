@@ -21,12 +21,14 @@ IMAGE_KEYS = ("pixel_values", "image_sizes", "image_grid_thw")
 
 
 class PairCollator:
-    """Examples {"images": [PIL], "prompt", "chosen", "rejected"} -> one padded batch.
+    """Examples {"images": [PIL], "prompt", "chosen_ids", "rejected_ids"} -> one padded batch.
 
-    Prompts are tokenized the way generation tokenizes them (left padding, the tokenizer's own
-    special tokens); answers without special tokens, rows interleaved as
-    [chosen_0, rejected_0, chosen_1, ...]. ``max_length`` only ever shortens answers: cutting
-    the prompt would cut image tokens.
+    Prompts go through the processor exactly as generation sends them (stmed.core.generate.
+    encode_batch: left padding, BOS once, each sample its own images); answers are the ids
+    stmed.train.data tokenized after that prompt, end-of-turn token included, rows interleaved
+    as [chosen_0, rejected_0, chosen_1, ...]. Whatever else the processor gives per prompt token
+    (mm_token_type_ids, token_type_ids) comes along as ``prompt_<key>``. ``max_length`` only ever
+    shortens answers: cutting the prompt would cut image tokens.
     """
 
     def __init__(self, processor, max_length: int | None = None):
@@ -35,20 +37,23 @@ class PairCollator:
         self.max_length = max_length
 
     def __call__(self, examples: list[dict]) -> dict[str, Any]:
-        images = [ex["images"][0] for ex in examples]
-        enc = self.processor(text=[ex["prompt"] for ex in examples], images=images, padding=True,
-                             padding_side="left", return_tensors="pt")
-        answers = [t for ex in examples for t in (ex["chosen"], ex["rejected"])]
-        comp = self.tok(answers, add_special_tokens=False, padding=True, padding_side="right", return_tensors="pt")
-        ids, mask = comp["input_ids"], comp["attention_mask"]
+        import torch
+
+        from stmed.core.generate import TOKEN_KEYS, encode_batch
+
+        enc = encode_batch(self.processor, [ex["prompt"] for ex in examples], [ex["images"][0] for ex in examples])
+        answers = [list(a) for ex in examples for a in (ex["chosen_ids"], ex["rejected_ids"])]
         if self.max_length is not None:
             room = max(1, self.max_length - enc["input_ids"].shape[1])
-            ids, mask = ids[:, :room], mask[:, :room]
+            answers = [a[:room] for a in answers]
+        width = max(len(a) for a in answers)
+        pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
+        ids = torch.tensor([a + [pad] * (width - len(a)) for a in answers])
+        mask = torch.tensor([[1] * len(a) + [0] * (width - len(a)) for a in answers])
         batch = {"prompt_input_ids": enc["input_ids"], "prompt_attention_mask": enc["attention_mask"],
                  "completion_ids": ids, "completion_attention_mask": mask}
         batch.update({k: enc[k] for k in IMAGE_KEYS if k in enc})
-        if "mm_token_type_ids" in enc:  # which prompt tokens are image tokens (Qwen2-VL's M-RoPE needs it)
-            batch["prompt_mm_token_type_ids"] = enc["mm_token_type_ids"]
+        batch.update({f"prompt_{k}": enc[k] for k in TOKEN_KEYS if k in enc and k != "attention_mask"})
         return batch
 
 
@@ -167,17 +172,25 @@ def concat_logps(model, batch: dict) -> PairOutput:
     # Left padding: real tokens start at position 0. M-RoPE models derive their own (3-D) positions.
     pos = None if uses_mrope(model) else (full_mask.long().cumsum(-1) - 1).clamp(min=0)
     extra = _image_kwargs(batch, repeat=2)
-    if "prompt_mm_token_type_ids" in batch:  # answers hold text tokens only
-        types = batch["prompt_mm_token_type_ids"].repeat_interleave(2, dim=0)
-        extra["mm_token_type_ids"] = torch.cat([types, torch.zeros_like(ids)], dim=1)
+    for key in _token_keys(batch):  # answers hold text tokens only: type 0
+        types = batch[f"prompt_{key}"].repeat_interleave(2, dim=0)
+        extra[key] = torch.cat([types, torch.zeros_like(ids)], dim=1)
     out = model(input_ids=full_ids, attention_mask=full_mask, position_ids=pos, use_cache=False,
                 logits_to_keep=ids.shape[1] + 1, **extra)
     return _stats(out.logits[:, :-1], ids, mask, p_ids.shape[0])
 
 
+def _token_keys(batch: dict) -> list[str]:
+    """Per-token processor outputs the prompt carries besides its ids and mask."""
+    return [k[len("prompt_"):] for k in batch if k.startswith("prompt_") and k not in
+            ("prompt_input_ids", "prompt_attention_mask")]
+
+
 def pair_logps(model, batch: dict, *, share_prefix: bool = True, prompt_model=None) -> PairOutput:
-    """The shared-prefix way where the model allows it (not M-RoPE: see ``uses_mrope``), else the usual way."""
-    if share_prefix and not uses_mrope(model):
+    """The shared-prefix way where the model allows it, else the usual way: M-RoPE models (see
+    ``uses_mrope``) and prompts with per-token types (Gemma 3's bidirectional image attention
+    reads token_type_ids over the whole sequence) run each answer with its whole prompt."""
+    if share_prefix and not uses_mrope(model) and not _token_keys(batch):
         return shared_prefix_logps(model, batch, prompt_model=prompt_model)
     return concat_logps(model, batch)
 

@@ -14,15 +14,18 @@ from stmed.errors import InputError, RecordError
 from stmed.records import ErrorSink, RecordWriter
 from stmed.train.common import (SFTConfig, leave_no_empty_outdir, load_for_training, load_processor, prepare_outdir,
                                 say, trainer_kwargs, write_meta)
-from stmed.train.data import check_image, file_sha256, read_any
+from stmed.train.data import check_image, file_sha256, image_settings, read_any
 from stmed.train.sft_data import SFTCollator, parse_conversation
 
 
-def load_conversations(path: str, *, errors: ErrorSink, image_root: Path | None = None, limit: int | None = None):
-    """Checked conversations as a Dataset (id, image_path, conversation JSON, where)."""
+def load_conversations(path: str, *, errors: ErrorSink, image_root: Path | None = None, limit: int | None = None,
+                       flags: dict | None = None):
+    """(Dataset, image settings): checked conversations (id, image_path, conversation JSON, where),
+    and the image settings stmed QA records were sampled with (see data.image_settings)."""
     from datasets import Dataset
 
     records = read_any(path)[:limit] if limit else read_any(path)
+    settings = image_settings(records, flags or {})
     rows: dict[str, list] = {"id": [], "image_path": [], "conversation": [], "where": []}
     for rec in records:
         try:
@@ -37,7 +40,7 @@ def load_conversations(path: str, *, errors: ErrorSink, image_root: Path | None 
         rows["where"].append(rec.where)
     if not rows["id"]:
         raise InputError(f"{path}: no usable conversations ({errors.count} rejected; see the errors output)")
-    return Dataset.from_dict(rows)
+    return Dataset.from_dict(rows), settings
 
 
 def export_questions(path: str, output: str, *, image_root: Path | None = None) -> tuple[int, int]:
@@ -67,6 +70,8 @@ def run(cfg: SFTConfig) -> dict:
     from stmed.train.loop import callbacks, fit
 
     warnings.filterwarnings("ignore", category=FutureWarning)
+    if cfg.dry_run:
+        return dry_run(cfg)
     resume_from = prepare_outdir(cfg)
     processor = load_processor(cfg)  # a model that does not load stops before OUTDIR exists
     with leave_no_empty_outdir(cfg):
@@ -74,16 +79,14 @@ def run(cfg: SFTConfig) -> dict:
 
         errors = error_sink(cfg)  # written by the main process only
         try:
-            dataset = load_conversations(cfg.data, errors=errors, limit=cfg.limit,
-                                         image_root=Path(cfg.image_root) if cfg.image_root else None)
+            dataset, images = _conversations(cfg, errors)
         finally:
             errors.close()
         say(cfg, f"{len(dataset)} conversations, {errors.count} rejected")
         model, processor = load_for_training(cfg, processor=processor)
     write_meta(cfg, "sft", {"path": str(cfg.data), "sha256": file_sha256(cfg.data), "conversations": len(dataset),
-                            "rejected": errors.count})
-    collator = SFTCollator(processor, sq_ratio=cfg.sq_ratio, seed=cfg.seed, pad_square=cfg.pad_square,
-                           max_length=cfg.max_length)
+                            "rejected": errors.count, "images": images})
+    collator = _collator(cfg, processor, images)
 
     class Epoch(TrainerCallback):
         """A new self-asked draw each epoch, as the paper's per-sample coin flip gives."""
@@ -100,6 +103,37 @@ def run(cfg: SFTConfig) -> dict:
     trainer.remove_callback(PrinterCallback)  # it prints logs to stdout; ours go to train_log.jsonl
     summary = fit(trainer, cfg, resume_from, processor)
     return {"conversations": len(dataset), "rejected": errors.count, **summary}
+
+
+def _conversations(cfg: SFTConfig, errors: ErrorSink):
+    return load_conversations(cfg.data, errors=errors, limit=cfg.limit,
+                              flags={"pad_square": cfg.pad_square, "max_pixels": cfg.max_pixels},
+                              image_root=Path(cfg.image_root) if cfg.image_root else None)
+
+
+def _collator(cfg: SFTConfig, processor, images: dict) -> SFTCollator:
+    return SFTCollator(processor, sq_ratio=cfg.sq_ratio, seed=cfg.seed, pad_square=images["pad_square"],
+                       max_pixels=images["max_pixels"], max_length=cfg.max_length)
+
+
+def dry_run(cfg: SFTConfig) -> dict:
+    """The first conversation exactly as training sees it in epoch 0: the processor's ids in
+    segments, supervised or not; nothing is written."""
+    processor = load_processor(cfg)
+    errors = ErrorSink(None)
+    dataset, images = _conversations(cfg, errors)
+    load_for_training(cfg, wrap=False, processor=processor)
+    item = _collator(cfg, processor, images).encode(dataset[0])
+    tok = getattr(processor, "tokenizer", processor)
+    segments: list[dict] = []
+    for tid, label in zip(item["input_ids"], item["labels"]):
+        supervised = label != -100
+        if not segments or segments[-1]["supervised"] != supervised:
+            segments.append({"tokens": [], "ids": [], "supervised": supervised})
+        segments[-1]["ids"].append(tid)
+        segments[-1]["tokens"].append(tok.convert_ids_to_tokens(tid))
+    return {"dry_run": {"id": dataset[0]["id"], "images": images, "segments": segments},
+            "conversations": len(dataset), "rejected": errors.count}
 
 
 def _on_gpu() -> bool:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from stmed.errors import RecordError
 from stmed.records import Record, answer_texts
-from stmed.train.data import IMAGE_TAG
+from stmed.train.data import IMAGE_TAG, prompt_messages
 
 IGNORE = -100
 
@@ -22,9 +22,12 @@ IGNORE = -100
 def parse_conversation(record: Record) -> list[dict]:
     """LLaVA turns (or a stmed QA record) as checked {"role", "content"} messages, or RecordError."""
     conv = record.get("conversations")
+    system = None
     if conv is None and isinstance(record.get("question"), str):  # stmed QA record
         answer = record.get("answer") or next(iter(answer_texts(record)), None)
-        conv = [{"from": "human", "value": record["question"]}, {"from": "gpt", "value": answer}]
+        asked = prompt_messages(record, record["question"])  # as `stmed answer` asked it: its system prompt and template
+        system = next((m for m in asked if m["role"] == "system"), None)
+        conv = [{"from": "human", "value": asked[-1]["content"]}, {"from": "gpt", "value": answer}]
     if not isinstance(conv, list):
         raise RecordError(f"{record.where}: no 'conversations' list")
     if not any(isinstance(t, dict) and t.get("from") == "human" for t in conv):
@@ -49,7 +52,7 @@ def parse_conversation(record: Record) -> list[dict]:
     if tags == 1 and IMAGE_TAG not in messages[0]["content"]:
         raise RecordError(f"{record.where}: {IMAGE_TAG} must be in the first human turn")
     messages[0]["content"] = messages[0]["content"].replace(IMAGE_TAG, "").strip()
-    return messages
+    return ([system] if system else []) + messages
 
 
 def draw_self_asked(n_turns: int, sq_ratio: float, seed: int, key: str, epoch: int) -> list[bool]:
@@ -65,34 +68,36 @@ class Rendered:
 
 
 def render_example(processor, messages: list[dict], self_asked: list[bool]) -> Rendered:
-    """The conversation through the model's template, with the spans that carry loss."""
-    from stmed.core.chat import render, render_turns
+    """The conversation through the model's template, with the spans that carry loss.
+
+    Each answer is supervised through the token that ends an assistant turn (written in where the
+    template writes none, as llava-hf's does: the tokenizer's EOS), never the next turn's header;
+    each self-asked question is supervised from where ``gen-questions --strategy vuser`` lets the
+    model speak (chat.user_junction) to its last character."""
+    from stmed.core.chat import render_turns
+    from stmed.core.tokens import TokenMismatch, close_turns
     from stmed.prompts import VUSER_SYSTEM
 
-    msgs = ([{"role": "system", "content": VUSER_SYSTEM.text}] if any(self_asked) else []) + messages
-    offset = len(msgs) - len(messages)
-    full = render_turns(processor, msgs)
-    spans = []
-    for i in range(offset, len(msgs)):
-        m, user_turn = msgs[i], (i - offset) // 2
-        if m["role"] == "assistant":
-            prefix = render(processor, msgs[:i], continue_as="assistant")
-            upto = render_turns(processor, msgs[: i + 1])
-        elif self_asked[user_turn]:
-            prefix = render(processor, msgs[:i], continue_as="user")  # what gen-questions prompts with
-            upto = prefix + m["content"]
-        else:
-            continue
-        if not (upto.startswith(prefix) and full.startswith(upto)):
-            raise RecordError("the chat template does not render conversations turn by turn")
-        start, end = len(prefix), len(upto)
-        spans.append((start, end))
-    return Rendered(full, spans)
+    if messages[0]["role"] == "system":  # the system prompt the answer was sampled with
+        msgs = messages
+    else:
+        msgs = ([{"role": "system", "content": VUSER_SYSTEM.text}] if any(self_asked) else []) + messages
+    offset = 1 if msgs[0]["role"] == "system" else 0
+    try:
+        text, spans = close_turns(processor, render_turns(processor, msgs), msgs)
+    except TokenMismatch as e:
+        raise RecordError(str(e)) from None
+    kept = [span for i, (m, span) in enumerate(zip(msgs, spans)) if i >= offset
+            and (m["role"] == "assistant" or self_asked[(i - offset) // 2])]
+    return Rendered(text.rstrip(" \t"), kept)
 
 
 def token_labels(tokenizer, rendered: Rendered) -> tuple[list[int], list[int]]:
     """Token ids and labels: a token is supervised when its characters overlap a supervised span."""
-    enc = tokenizer(rendered.text, return_offsets_mapping=True)
+    from stmed.core.tokens import adds_special_tokens
+
+    enc = tokenizer(rendered.text, return_offsets_mapping=True,
+                    add_special_tokens=adds_special_tokens(tokenizer, rendered.text))
     ids, labels = enc["input_ids"], []
     for tid, (s, e) in zip(ids, enc["offset_mapping"]):
         inside = e > s and any(s < b and e > a for a, b in rendered.spans)
@@ -101,53 +106,62 @@ def token_labels(tokenizer, rendered: Rendered) -> tuple[list[int], list[int]]:
 
 
 class SFTCollator:
-    """Rows {"image_path", "conversation", "id"} -> padded ids, labels and pixel values.
+    """Rows {"image_path", "conversation", "id"} -> padded ids, labels and what the processor adds.
 
     The self-asked draw depends on the epoch, so the text is rendered here, per batch;
-    ``epoch`` is set by the trainer callback at the start of each epoch.
+    ``epoch`` is set by the trainer callback at the start of each epoch. The ids are the
+    processor's own for the whole text and its image (image, tile and layout tokens and every
+    per-token output such as mm_token_type_ids, as generation gets them); labels are mapped
+    onto them from the tokenizer's ids of the same text (stmed.core.tokens.align_expanded).
     """
 
     def __init__(self, processor, *, sq_ratio: float, seed: int, pad_square: bool = False,
-                 max_length: int | None = None):
+                 max_pixels: int | None = None, max_length: int | None = None):
         self.processor, self.sq_ratio, self.seed = processor, sq_ratio, seed
         self.tok = getattr(processor, "tokenizer", processor)
-        self.pad_square, self.max_length, self.epoch = pad_square, max_length, 0
+        self.pad_square, self.max_pixels, self.max_length, self.epoch = pad_square, max_pixels, max_length, 0
 
     def encode(self, row: dict) -> dict:
         import json
 
-        from stmed.images import load_image, pad_to_square
+        from stmed.core.generate import TOKEN_KEYS, encode_batch
+        from stmed.core.tokens import TokenMismatch, align_expanded
+        from stmed.images import load_image, prepare
 
         messages = json.loads(row["conversation"])
-        picks = draw_self_asked(len(messages) // 2, self.sq_ratio, self.seed, row["id"], self.epoch)
-        ids, labels = token_labels(self.tok, render_example(self.processor, messages, picks))
+        turns = sum(m["role"] == "user" for m in messages)
+        picks = draw_self_asked(turns, self.sq_ratio, self.seed, row["id"], self.epoch)
+        rendered = render_example(self.processor, messages, picks)
+        ids, labels = token_labels(self.tok, rendered)
         img, _ = load_image(row["image_path"])
-        img = pad_to_square(img) if self.pad_square else img
-        image_token = getattr(self.processor, "image_token", IMAGE_TAG)
-        probe = self.processor(text=[image_token], images=[img], return_tensors="pt")
-        image_id = self.tok.convert_tokens_to_ids(image_token)
-        n = int((probe["input_ids"][0] == image_id).sum())  # how many tokens the processor gives the image
-        at = ids.index(image_id)
-        ids = ids[:at] + [image_id] * n + ids[at + 1:]
-        labels = labels[:at] + [IGNORE] * n + labels[at + 1:]
-        if self.max_length is not None and len(ids) > self.max_length:
-            ids, labels = ids[: max(self.max_length, at + n)], labels[: max(self.max_length, at + n)]
-        extra = {k: v for k, v in probe.items() if k not in ("input_ids", "attention_mask")}
-        return {"input_ids": ids, "labels": labels, **extra}
+        enc = encode_batch(self.processor, [rendered.text], [prepare(img, self.pad_square, self.max_pixels)],
+                           padding_side="right")
+        theirs = enc["input_ids"][0].tolist()
+        try:
+            where = align_expanded(ids, theirs)
+        except TokenMismatch as e:
+            raise RecordError(f"{row.get('where', row['id'])}: {e}") from None
+        labels = [IGNORE if j is None else labels[j] for j in where]
+        out = {"input_ids": theirs, "labels": labels}
+        out.update({k: enc[k][0].tolist() for k in TOKEN_KEYS if k in enc})
+        if self.max_length is not None and len(theirs) > self.max_length:
+            last_added = max((k for k, j in enumerate(where) if j is None), default=-1)
+            keep = max(self.max_length, last_added + 1)  # never cut image tokens
+            out = {k: v[:keep] for k, v in out.items()}
+        out.update({k: v for k, v in enc.items() if k not in out})  # pixel values, image grids
+        return out
 
     def __call__(self, rows: list[dict]) -> dict:
         import torch
 
         items = [self.encode(r) for r in rows]
         width = max(len(it["input_ids"]) for it in items)
-        pad = self.tok.pad_token_id
-        batch = {
-            "input_ids": torch.tensor([it["input_ids"] + [pad] * (width - len(it["input_ids"])) for it in items]),
-            "labels": torch.tensor([it["labels"] + [IGNORE] * (width - len(it["labels"])) for it in items]),
-            "attention_mask": torch.tensor([[1] * len(it["input_ids"]) + [0] * (width - len(it["input_ids"]))
-                                            for it in items]),
-        }
+        pads = {"input_ids": self.tok.pad_token_id, "labels": IGNORE}
+        batch = {}
         for key in items[0]:
-            if key not in batch:
+            if isinstance(items[0][key], list):  # per token: padded on the right
+                fill = pads.get(key, 0)
+                batch[key] = torch.tensor([it[key] + [fill] * (width - len(it[key])) for it in items])
+            else:
                 batch[key] = torch.cat([it[key] for it in items])
         return batch
