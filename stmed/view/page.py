@@ -161,8 +161,11 @@ def _common_folder(names: list[str]) -> str:
 
 
 def _page(cfg: ViewConfig, inputs: Inputs, scrub: Scrubber, templates: list[str], totals: dict, cards: list[Card]) -> str:
-    given = [s.name for s in inputs.sources] + [str(r.path) for r in inputs.runs] + inputs.empty
-    shown = [n if n == "<stdin>" else scrub.path(n) for n in given]
+    shown = [s.name if s.path is None else scrub.path(s.name) for s in inputs.sources]
+    # a run outside the working folder would show as "dpo" or "train_log.jsonl": its label tells runs apart
+    shown += [r.label if r.path.is_absolute() and scrub.path(r.path) == r.path.name else scrub.path(r.path)
+              for r in inputs.runs]
+    shown += [scrub.path(n) for n in inputs.empty]
     folder = _common_folder(shown)
     names = [n[len(folder) + 1:] if folder else n for n in shown]
     names = [n + " (empty)" if i >= len(names) - len(inputs.empty) else n for i, n in enumerate(names)]
