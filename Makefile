@@ -14,6 +14,7 @@ JUDGE_BACKEND ?= openai              # openai | batch | local
 IMAGES ?= examples/images            # folder or JSONL of unlabeled medical images
 ROUNDS ?= 1                          # self-training rounds; round K+1 starts from round K's merged model
 OUT    ?= runs/selftrain             # outputs: OUT/round-K/{questions,answers,pairs}.jsonl, OUT/round-K/dpo/
+LAUNCH ?=                            # many GPUs: LAUNCH="accelerate launch --config_file examples/accelerate/ddp.yaml"
 # make eval: benchmark files; empty = the copies carried in examples/data (VQA-RAD, SLAKE English).
 # PathVQA is not carried: PATHVQA=hub downloads the Hugging Face mirror once, or set it to your copy.
 VQA_RAD ?=
@@ -56,6 +57,7 @@ bench: $(STAMP)
 selftrain: $(STAMP)
 	MODEL="$(strip $(MODEL))" JUDGE="$(strip $(JUDGE))" JUDGE_BACKEND="$(strip $(JUDGE_BACKEND))" \
 	IMAGES="$(strip $(IMAGES))" ROUNDS="$(strip $(ROUNDS))" OUT="$(strip $(OUT))" STMED=$(BIN)/stmed \
+	LAUNCH="$(strip $(LAUNCH))" \
 	bash examples/selftrain.sh
 
 ## eval: zero-shot VQA-RAD, SLAKE (and PathVQA when PATHVQA is set) for MODEL, then a report

@@ -20,6 +20,13 @@ GEN_ARGS=${GEN_ARGS:-}                     # extra flags for gen-questions and a
 QUESTION_ARGS=${QUESTION_ARGS:-}           # extra flags for gen-questions only (e.g. --strategy instruct)
 JUDGE_ARGS=${JUDGE_ARGS:-}                 # extra flags for judge (e.g. --concurrency 32, --policy paper)
 DPO_ARGS=${DPO_ARGS:-}                     # extra flags for dpo (e.g. --max-steps 100)
+# A launcher for many GPUs, e.g. LAUNCH="accelerate launch --config_file examples/accelerate/ddp.yaml":
+# gen-questions, answer, a local judge and dpo then run as its processes (each generation process
+# takes a share of the input and the main one merges the parts; dpo trains data-parallel).
+LAUNCH=${LAUNCH:-}
+if [ -n "$LAUNCH" ]; then RUN="$LAUNCH -m stmed.cli"; else RUN=$STMED; fi
+JUDGE_RUN=$STMED
+if [ "$JUDGE_BACKEND" = local ]; then JUDGE_RUN=$RUN; fi  # an API judge needs no processes of its own
 
 stage() {  # stage NAME DIR COMMAND...: run unless DIR/.NAME.done exists
   local name=$1 dir=$2; shift 2
@@ -43,17 +50,17 @@ for k in $(seq 1 "$ROUNDS"); do
   echo "selftrain: round $k of $ROUNDS, policy $policy" >&2
   # A different seed per round: new questions about the same images.
   # shellcheck disable=SC2086
-  stage questions "$dir" $STMED gen-questions "$IMAGES" -m "$policy" -n "$N_QUESTIONS" --seed "$k" $GEN_ARGS $QUESTION_ARGS \
+  stage questions "$dir" $RUN gen-questions "$IMAGES" -m "$policy" -n "$N_QUESTIONS" --seed "$k" $GEN_ARGS $QUESTION_ARGS \
     -o "$dir/questions.jsonl"
   # shellcheck disable=SC2086
-  stage answers "$dir" $STMED answer "$dir/questions.jsonl" -m "$policy" -n "$N_ANSWERS" $GEN_ARGS \
+  stage answers "$dir" $RUN answer "$dir/questions.jsonl" -m "$policy" -n "$N_ANSWERS" $GEN_ARGS \
     -o "$dir/answers.jsonl"
   # shellcheck disable=SC2086
-  stage judge "$dir" $STMED judge "$dir/answers.jsonl" --backend "$JUDGE_BACKEND" --judge-model "$JUDGE" $JUDGE_ARGS \
+  stage judge "$dir" $JUDGE_RUN judge "$dir/answers.jsonl" --backend "$JUDGE_BACKEND" --judge-model "$JUDGE" $JUDGE_ARGS \
     -o "$dir/pairs.jsonl" --skipped "$dir/skipped.jsonl" --cache "$OUT/judge-cache.sqlite"
   # --resume: a dpo killed after a checkpoint goes on from it (with none, it starts fresh)
   # shellcheck disable=SC2086
-  stage dpo "$dir" $STMED dpo "$dir/pairs.jsonl" -m "$policy" -o "$dir/dpo" --merge --resume $DPO_ARGS
+  stage dpo "$dir" $RUN dpo "$dir/pairs.jsonl" -m "$policy" -o "$dir/dpo" --merge --resume $DPO_ARGS
   policy=$dir/dpo/merged
 done
 echo "selftrain: done; final model $policy" >&2

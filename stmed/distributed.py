@@ -26,7 +26,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from stmed.errors import EXIT_INTERRUPTED, InputError, StmedError
+from stmed.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, InputError, StmedError
 from stmed.records import STDIO, default_errors_path, scan_output, sibling_path
 
 # How long the end-of-run meeting waits for the slowest process (seconds). Shares are equal in
@@ -69,6 +69,9 @@ def world() -> World:
         raise InputError("RANK, WORLD_SIZE and LOCAL_RANK must be integers") from None
     if size > 1 and not 0 <= rank < size:
         raise InputError(f"RANK={rank} is outside WORLD_SIZE={size}")
+    if size > 1 and not (os.environ.get("MASTER_ADDR") and os.environ.get("MASTER_PORT")):
+        raise InputError(f"WORLD_SIZE={size} without MASTER_ADDR/MASTER_PORT: start the processes with "
+                         "accelerate launch or torchrun, or give each job its own --shard I/N")
     return World(rank, max(size, 1), local)
 
 
@@ -98,9 +101,6 @@ def _group(w: World):
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        if not (os.environ.get("MASTER_ADDR") and os.environ.get("MASTER_PORT")):
-            raise InputError(f"WORLD_SIZE={w.size} without MASTER_ADDR/MASTER_PORT: start the processes with "
-                             "accelerate launch or torchrun, or give each job its own --shard I/N")
         dist.init_process_group("gloo", rank=w.rank, world_size=w.size, timeout=timedelta(seconds=WAIT_SECONDS))
     return dist
 
@@ -171,8 +171,8 @@ class Parts:
             raise self._lost(e) from None
         finally:
             self.dist.destroy_process_group()
-        if not self.w.main:
-            return code, [mine]
+        if not self.w.main:  # the main process reports failed records for the run; a launcher reads
+            return (EXIT_OK if code == EXIT_SOME_FAILED else code), [mine]  # any other exit as a crash
         self.added = [merge_parts(f, [part_path(f, r, self.w.size) for r in range(self.w.size)]) for f in self.finals]
         if self.final_errors is not None:
             _concat(self.final_errors, [part_path(self.final_errors, r, self.w.size) for r in range(self.w.size)])

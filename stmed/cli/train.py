@@ -49,7 +49,8 @@ def _finish(summary: dict, quiet: bool, as_json: bool = False) -> int:
 
     if not quiet and is_main_process():  # one summary per run, not one per process
         print("stmed: " + json.dumps(summary), file=sys.stderr)
-    return c.exit_code(summary.get("rejected", 0))
+    # The main process reports rejected records; a launcher reads any other nonzero exit as a crash.
+    return c.exit_code(summary.get("rejected", 0)) if is_main_process() else 0
 
 
 def _config(cls, config_file, data, output, flags: dict):
