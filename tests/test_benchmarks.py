@@ -223,3 +223,20 @@ def test_stmed_jsonl_and_errors(tmp_path):
         get_benchmark("vqarad")
     with pytest.raises(InputError, match="no such file"):
         load_benchmark("slake", tmp_path / "nope.json")
+
+
+def test_pathvqa_hub_mirror_counts_are_named(tmp_path):
+    """6,719 rows is the Hub mirror's test split, not the official 6,761: said, not flagged as wrong."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    n = 6719
+    answers = ["yes" if i % 2 else "fibrosis" for i in range(n)]
+    pq.write_table(pa.table({"image": [{"bytes": b"\xff\xd8not-decoded", "path": None}] * n,
+                             "question": [f"question {i}?" for i in range(n)], "answer": answers}),
+                   tmp_path / "test-00000-of-00001.parquet", row_group_size=100)
+    got = load_benchmark("pathvqa", tmp_path)
+    assert got.counts() == {"total": 6719, "closed": 3359, "open": 3360}
+    assert got.standard == "hub-mirror" and got.describe()["expected"]["total"] == 6761
+    assert any("6,719 rows (the official test has 6,761)" in note for note in got.notes), got.notes
+    assert not any("expected 6761" in note for note in got.notes)
