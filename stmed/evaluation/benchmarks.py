@@ -129,7 +129,8 @@ def load_benchmark(bench: str, data: str | Path | None = None, *, fmt: str | Non
     if not items:
         raise InputError(f"{path}: no {split} items in this file (format {fmt}, lang {lang})")
     _check_unique(items, path)
-    out = BenchData(spec, fmt, path, file_sha256(path), split, lang, items, list(ctx.notes),
+    sha = src.sha256 if src is not None and src.sha256 else file_sha256(path)
+    out = BenchData(spec, fmt, path, sha, split, lang, items, list(ctx.notes),
                     lazy_images=ctx.lazy_images)
     if src is not None:
         out.source = src.describe()

@@ -58,6 +58,7 @@ class Source:
     revision: str | None = None  # the commit the files came from
     files: dict[str, str] = field(default_factory=dict)  # repo path -> sha256
     note: str = ""
+    sha256: str | None = None  # of ``path``, when already computed (a Hub file is hashed on arrival)
 
     def describe(self) -> dict:
         out = {"kind": self.kind}
@@ -97,7 +98,8 @@ def download(copy: HubCopy, split: str) -> Source:
         want = copy.sha256.get(rel)
         if want and hashes[rel] != want:
             raise InputError(f"{f}: sha256 {hashes[rel]} differs from the pinned {want}; delete it to download again")
-    return Source("hub", files[0], copy.repo_id, folder.name, hashes, copy.note)
+    first = files[0].relative_to(folder).as_posix()
+    return Source("hub", files[0], copy.repo_id, folder.name, hashes, copy.note, hashes[first])
 
 
 def _snapshot(copy: HubCopy, pattern: str) -> Path:
@@ -107,8 +109,10 @@ def _snapshot(copy: HubCopy, pattern: str) -> Path:
 
     where = f"{copy.repo_id}@{copy.revision or 'main'}"
     kwargs = dict(repo_type="dataset", revision=copy.revision, allow_patterns=[pattern])
-    try:  # the cache first: a pinned copy already here needs no network at all
-        return Path(snapshot_download(copy.repo_id, local_files_only=True, **kwargs))
+    try:  # the cache first: a copy already here needs no network at all
+        cached = Path(snapshot_download(copy.repo_id, local_files_only=True, **kwargs))
+        if any(cached.glob(pattern)):  # (a snapshot folder can hold other files of the repo only)
+            return cached
     except LocalEntryNotFoundError:
         pass
     if constants.HF_HUB_OFFLINE:
