@@ -71,11 +71,12 @@ class ModelFlags:
     device: str = "auto"
     dtype: str = "auto"
     trust_remote_code: bool = False
+    chat_template: str | None = None
 
     def spec(self):
         from stmed.core.model import ModelSpec
 
-        return ModelSpec(self.model, self.adapter, self.device, self.dtype, self.trust_remote_code)
+        return ModelSpec(self.model, self.adapter, self.device, self.dtype, self.trust_remote_code, self.chat_template)
 
 
 def parse_shard(shard: str | None) -> tuple[int, int] | None:

@@ -29,6 +29,7 @@ def eval_(
     name: Annotated[Optional[str], typer.Option(help="Run name in summaries and reports (default: model or file name).")] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Per answer (LLaVA-Med: 1024).")] = 1024,
     pad_square: Annotated[bool, typer.Option(help="Pad images square with the mean colour (LLaVA's pad).")] = False,
+    max_pixels: c.MaxPixels = None, chat_template: c.ChatTemplate = None,
     bootstrap: Annotated[int, typer.Option(min=0, help="Bootstrap resamples for 95% CIs (0: none).")] = 1000,
     seed: c.Seed = 0,
     adapter: c.Adapter = None, device: c.Device = "auto", dtype: c.DType = "auto", batch_size: c.BatchSize = 8,
@@ -45,7 +46,7 @@ def eval_(
     if (model is None) == (predictions is None):
         c.fail("pass either -m MODEL (generate answers) or --predictions FILE (score an answer file)")
     cfg = stage.EvalConfig(prompt=prompt, max_new_tokens=max_new_tokens, image_root=image_root,
-                           pad_square=pad_square, bootstrap=bootstrap, seed=seed)
+                           pad_square=pad_square, max_pixels=max_pixels, bootstrap=bootstrap, seed=seed)
     bench_data = benchmarks.load_benchmark(bench, data, fmt=format, split=split, lang=lang, image_root=image_root)
     items = select(bench_data.items, limit=limit)
     mine = share(items)  # this process's share when a launcher started several (stmed.distributed)
@@ -56,10 +57,12 @@ def eval_(
         run_info = {"mode": "predictions", "predictions": predictions, "model": Path(predictions).stem}
     else:
         bench_data.materialize(mine)  # parquet images: written for the items this process generates for
-        engine = c.make_backend(backend, c.ModelFlags(model, adapter, device, dtype, trust_remote_code), batch_size=batch_size,
+        engine = c.make_backend(backend, c.ModelFlags(model, adapter, device, dtype, trust_remote_code, chat_template),
+                                batch_size=batch_size,
                                 base_url=base_url, api_key_env=api_key_env, concurrency=concurrency, static_cache=static_cache)
         produce = lambda done, sink, t: stage.run(cfg, engine, mine, sink, done, t)  # noqa: E731
-        run_info = {"mode": "generate", **engine.describe(), **cfg.sampling().record(), "pad_square": pad_square}
+        run_info = {"mode": "generate", **engine.describe(), **cfg.sampling().record(), "pad_square": pad_square,
+                    "max_pixels": max_pixels}
     kept: list[dict] = []
     code = c.run_stage("eval", lambda *a: _keep(produce(*a), kept), output=output, errors=errors,
                        overwrite=overwrite, quiet=quiet, total=len(mine))

@@ -36,6 +36,7 @@ def gen_questions(
     describe_prompt: Annotated[PromptFile, typer.Option(help="File replacing the description prompt.")] = None,
     ask_prompt: Annotated[PromptFile, typer.Option(help="File replacing the instruct strategy's request.")] = None,
     pad_square: Annotated[bool, typer.Option(help="Pad images square with the mean colour (LLaVA's pad).")] = False,
+    max_pixels: c.MaxPixels = None, chat_template: c.ChatTemplate = None,
     adapter: c.Adapter = None, device: c.Device = "auto", dtype: c.DType = "auto", batch_size: c.BatchSize = 8,
     seed: c.Seed = 0, trust_remote_code: c.TrustRemote = False, static_cache: c.StaticCache = False,
     backend: c.BackendName = "hf", base_url: c.BaseUrl = None, api_key_env: c.ApiKeyEnv = "OPENAI_API_KEY",
@@ -49,12 +50,12 @@ def gen_questions(
     cfg = questions.QuestionsConfig(
         n=n, strategy=strategy, temperature=temperature, top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens,
         describe_max_new_tokens=describe_max_new_tokens, seed=seed, max_tries=max_tries, image_root=image_root,
-        pad_square=pad_square, system_prompt=prompts.get("vuser-system", system_prompt),
+        pad_square=pad_square, max_pixels=max_pixels, system_prompt=prompts.get("vuser-system", system_prompt),
         describe_prompt=prompts.get("describe", describe_prompt), ask_prompt=prompts.get("instruct-ask", ask_prompt))
     if backend == "openai" and strategy == "vuser":
         c.fail("--strategy vuser needs raw prompt continuation, which --backend openai cannot do; use --strategy instruct")
     records = c.select(_nonempty(c.open_input(input, folder_ok=True), input), shard=shard, limit=limit)
-    engine = c.make_backend(backend, c.ModelFlags(model, adapter, device, dtype, trust_remote_code), batch_size=batch_size,
+    engine = c.make_backend(backend, c.ModelFlags(model, adapter, device, dtype, trust_remote_code, chat_template), batch_size=batch_size,
                             base_url=base_url, api_key_env=api_key_env, concurrency=concurrency, static_cache=static_cache)
     return c.run_stage("gen-questions", lambda done, sink, t: questions.run(cfg, engine, records, sink, done, t),
                        output=output, errors=errors, overwrite=overwrite, quiet=quiet, total=len(records), unit="images")
@@ -73,6 +74,7 @@ def answer(
     system_prompt: Annotated[PromptFile, typer.Option(help="File with a system prompt.")] = None,
     template: Annotated[PromptFile, typer.Option(help="File with a prompt template containing {question}.")] = None,
     pad_square: Annotated[bool, typer.Option(help="Pad images square with the mean colour (LLaVA's pad).")] = False,
+    max_pixels: c.MaxPixels = None, chat_template: c.ChatTemplate = None,
     adapter: c.Adapter = None, device: c.Device = "auto", dtype: c.DType = "auto", batch_size: c.BatchSize = 8,
     trust_remote_code: c.TrustRemote = False, static_cache: c.StaticCache = False,
     backend: c.BackendName = "hf", base_url: c.BaseUrl = None, api_key_env: c.ApiKeyEnv = "OPENAI_API_KEY",
@@ -85,11 +87,11 @@ def answer(
 
     cfg = answers.AnswersConfig(
         n=n, seeds=tuple(c.parse_ints(seeds, "--seeds")), greedy=greedy, temperature=temperature, top_k=top_k,
-        top_p=top_p, max_new_tokens=max_new_tokens, image_root=image_root, pad_square=pad_square,
+        top_p=top_p, max_new_tokens=max_new_tokens, image_root=image_root, pad_square=pad_square, max_pixels=max_pixels,
         system_prompt=prompts.from_file("system", system_prompt) if system_prompt else None,
         template=prompts.from_file("template", template) if template else None)
     records = c.select(_nonempty(c.open_input(input), input), shard=shard, limit=limit)
-    engine = c.make_backend(backend, c.ModelFlags(model, adapter, device, dtype, trust_remote_code), batch_size=batch_size,
+    engine = c.make_backend(backend, c.ModelFlags(model, adapter, device, dtype, trust_remote_code, chat_template), batch_size=batch_size,
                             base_url=base_url, api_key_env=api_key_env, concurrency=concurrency, static_cache=static_cache)
     return c.run_stage("answer", lambda done, sink, t: answers.run(cfg, engine, records, sink, done, t),
                        output=output, errors=errors, overwrite=overwrite, quiet=quiet, total=len(records))

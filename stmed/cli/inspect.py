@@ -22,16 +22,17 @@ def inspect(
     max_new_tokens: Annotated[int, typer.Option(help="Per answer and question.")] = 128,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a panel.")] = False,
     adapter: c.Adapter = None, device: c.Device = "auto", dtype: c.DType = "auto", seed: c.Seed = 0,
-    trust_remote_code: c.TrustRemote = False,
+    trust_remote_code: c.TrustRemote = False, chat_template: c.ChatTemplate = None, max_pixels: c.MaxPixels = None,
 ) -> int:
     """Show an image's facts, the model's description, its own questions and its answers."""
     from stmed.images import load_image
     from stmed.stages.inspect import inspect_image
 
     _, info = load_image(image)  # a bad image fails here, before the model loads
-    engine = c.make_backend("hf", c.ModelFlags(model, adapter, device, dtype, trust_remote_code), batch_size=8)
+    engine = c.make_backend("hf", c.ModelFlags(model, adapter, device, dtype, trust_remote_code, chat_template),
+                            batch_size=8)
     result = inspect_image(engine, image, info, question or [], n_questions=n_questions, seed=seed,
-                           max_new_tokens=max_new_tokens)
+                           max_new_tokens=max_new_tokens, max_pixels=max_pixels)
     if as_json:
         print(json.dumps(result, ensure_ascii=False))
     else:

@@ -40,7 +40,7 @@ def judge(
     collect: Annotated[Optional[list[Path]], Opt(help="batch: build pairs from this Batch output file (repeatable).")] = None,
     poll_interval: Annotated[float, Opt(help="batch: seconds between status polls.")] = 30.0,
     adapter: c.Adapter = None, device: c.Device = "auto", dtype: c.DType = "auto", batch_size: c.BatchSize = 8,
-    trust_remote_code: c.TrustRemote = False,
+    trust_remote_code: c.TrustRemote = False, chat_template: c.ChatTemplate = None, max_pixels: c.MaxPixels = None,
     skipped: Annotated[Optional[str], Opt(help="Skipped records (tie, order-inconsistent, below-margin) go here (default OUTPUT.skipped.jsonl).")] = None,
     image_root: c.ImageRoot = None, limit: c.Limit = None, shard: c.Shard = None, output: c.Output = None,
     errors: c.Errors = None, overwrite: c.Overwrite = False, quiet: c.Quiet = False,
@@ -60,7 +60,8 @@ def judge(
         policy=policy, min_margin=min_margin, temperature=temperature, max_tokens=max_tokens, max_side=max_side,
         json_mode=json_mode, prompt_file=str(prompt_file) if prompt_file else None, image_root=image_root,
         timeout=timeout, max_request_seconds=max_request_time, device=device, dtype=dtype, batch_size=batch_size,
-        adapter=adapter, trust_remote_code=trust_remote_code, batch_dir=batch_dir, prepare_only=prepare_only,
+        adapter=adapter, trust_remote_code=trust_remote_code, chat_template=chat_template, max_pixels=max_pixels,
+        batch_dir=batch_dir, prepare_only=prepare_only,
         collect=[str(p) for p in collect or []], poll_interval=poll_interval,
     )
     table = load_prices(prices, price, judge_model)

@@ -29,6 +29,7 @@ class EvalConfig:
     chunk_size: int | None = None  # items per unit of work; default: four full batches
     image_root: Path | None = None
     pad_square: bool = False  # LLaVA-Med trained on padded images but evaluated unpadded
+    max_pixels: int | None = None  # images downscaled to at most this many pixels (dynamic-resolution models)
     bootstrap: int = 1000  # resamples for the 95% CIs; 0 turns them off
     seed: int = 0  # bootstrap seed
 
@@ -69,11 +70,13 @@ def run(cfg: EvalConfig, backend, items: list[Record], errors: ErrorSink, done: 
 
     template = Prompt(f"eval-{cfg.prompt}", cfg.text("{question}"), PROMPT_VERSIONS[cfg.prompt])
     acfg = answers.AnswersConfig(greedy=True, max_new_tokens=cfg.max_new_tokens, chunk_size=cfg.chunk_size,
-                                 image_root=cfg.image_root, pad_square=cfg.pad_square, template=template)
+                                 image_root=cfg.image_root, pad_square=cfg.pad_square, max_pixels=cfg.max_pixels,
+                                 template=template)
     meta = {**backend.describe(), **cfg.sampling().record(), "prompt": cfg.prompt_record(), "stmed": __version__}
     for rec in answers.run(acfg, backend, items, errors, done, tracker):
         prediction = rec["answers"][0]["text"]
-        item = Record.at({k: v for k, v in rec.items() if k not in ("answers", "answer_gen")}, rec.where, rec.base_dir)
+        item = Record.at({k: v for k, v in rec.items() if k not in ("answers", "answer_gen", "answer_prompt")},
+                         rec.where, rec.base_dir)
         yield scored(item, prediction, gen=meta)
 
 

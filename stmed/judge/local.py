@@ -24,7 +24,7 @@ def run_local(cfg: JudgeConfig, records: list, stats: JudgeStats) -> Iterator[Ou
     from stmed.core.generate import GenRequest, SamplingParams, choice_logprobs
     from stmed.core.model import ModelSpec
 
-    backend = HFBackend(ModelSpec(cfg.judge_model, cfg.adapter, cfg.device, cfg.dtype, cfg.trust_remote_code),
+    backend = HFBackend(ModelSpec(cfg.judge_model, cfg.adapter, cfg.device, cfg.dtype, cfg.trust_remote_code, cfg.chat_template),
                         batch_size=cfg.batch_size)
     params = SamplingParams(max_new_tokens=cfg.max_tokens, temperature=cfg.temperature)
     seeds = [None] if params.greedy else [SEED]

@@ -50,6 +50,8 @@ class JudgeConfig:
     batch_size: int = 8
     adapter: str | None = None
     trust_remote_code: bool = False
+    chat_template: str | None = None  # local: a Jinja file replacing the judge model's template
+    max_pixels: int | None = None  # images downscaled to at most this many pixels before judging
     # batch backend
     batch_dir: Path | None = None
     prepare_only: bool = False
@@ -126,7 +128,7 @@ def question_of(rec) -> str:
 
 def prepare(rec, cfg: JudgeConfig, *, keep_image: bool = False) -> Prepared:
     answers, question = answers_of(rec), question_of(rec)
-    img = record_image(rec, cfg.image_root)
+    img = record_image(rec, cfg.image_root, max_pixels=cfg.max_pixels)
     if keep_image:
         return Prepared(rec, question, answers, image=img)
     url, sha = encode_for_api(img, cfg.max_side)

@@ -26,6 +26,7 @@ class AnswersConfig:
     chunk_size: int | None = None  # questions per unit of work; default: four full batches of samples
     image_root: Path | None = None
     pad_square: bool = False
+    max_pixels: int | None = None  # images downscaled to at most this many pixels (dynamic-resolution models)
     system_prompt: Prompt | None = None
     template: Prompt | None = None  # text with {question}; default: the question as is
     sample_seeds: list[int | None] = field(init=False)
@@ -52,6 +53,13 @@ class AnswersConfig:
             return SamplingParams(self.max_new_tokens)
         return SamplingParams(self.max_new_tokens, self.temperature, self.top_k, self.top_p)
 
+    def prompt_record(self, messages: list[dict]) -> dict:
+        """What ``dpo`` and ``sft`` must train on: the exact messages (system prompt and template
+        applied), the prompts' names and versions, and the image settings."""
+        return {"messages": messages, "prompts": {p.name: p.version for p in (self.system_prompt, self.template)
+                                                  if p is not None},
+                "pad_square": self.pad_square, "max_pixels": self.max_pixels}
+
     def messages(self, question: str) -> list[dict]:
         text = self.template.text.replace("{question}", question) if self.template else question
         msgs = [{"role": "user", "content": text}]
@@ -71,7 +79,8 @@ def run(cfg: AnswersConfig, backend, records: list[Record], errors: ErrorSink,
         for rec in chunk:
             try:
                 require(rec, "question", types={"question": str})
-                ready.append((rec, GenRequest(cfg.messages(rec["question"]), record_image(rec, cfg.image_root, cfg.pad_square),
+                ready.append((rec, GenRequest(cfg.messages(rec["question"]),
+                                              record_image(rec, cfg.image_root, cfg.pad_square, cfg.max_pixels),
                                               seeds=cfg.sample_seeds)))
             except RecordError as e:
                 errors.add(rec, str(e))
@@ -88,4 +97,4 @@ def run(cfg: AnswersConfig, backend, records: list[Record], errors: ErrorSink,
             answers = [{"text": t, "seed": s} for t, s in zip(out.texts, req.seeds)]
             if tracker:
                 tracker.advance(tokens=out.total_tokens)
-            yield rec.derive(answers=answers, answer_gen=meta)
+            yield rec.derive(answers=answers, answer_gen=meta, answer_prompt=cfg.prompt_record(req.messages))

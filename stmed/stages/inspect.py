@@ -11,18 +11,18 @@ from stmed.stages import answers, questions
 
 
 def inspect_image(backend, path: Path, info, asked: list[str], *, n_questions: int = 3, seed: int = 0,
-                  max_new_tokens: int = 128) -> dict:
+                  max_new_tokens: int = 128, max_pixels: int | None = None) -> dict:
     """``info``: the ImageInfo from opening ``path`` (done before the model loads, so a bad image
     is an input error that costs no model time)."""
     rec = Record.at({"id": path.name, "image": str(path.resolve())}, str(path), path.resolve().parent)
     sink = ErrorSink(None)
     qcfg = questions.QuestionsConfig(n=n_questions, seed=seed, max_new_tokens=max_new_tokens,
-                                     describe_max_new_tokens=max_new_tokens * 2)
+                                     describe_max_new_tokens=max_new_tokens * 2, max_pixels=max_pixels)
     qs = list(questions.run(qcfg, backend, [rec], sink)) if n_questions else []
-    description = qs[0]["description"] if qs else _describe(backend, rec, max_new_tokens * 2)
+    description = qs[0]["description"] if qs else _describe(backend, rec, max_new_tokens * 2, max_pixels)
     items = [rec.derive(id=f"ask{k}", question=q) for k, q in enumerate(asked)]
     items += [rec.derive(id=q["id"], question=q["question"], self_asked=True) for q in qs]
-    acfg = answers.AnswersConfig(greedy=True, max_new_tokens=max_new_tokens)
+    acfg = answers.AnswersConfig(greedy=True, max_new_tokens=max_new_tokens, max_pixels=max_pixels)
     answered = list(answers.run(acfg, backend, items, sink))
     if sink.count:
         raise RecordError(f"{path}: the model could not process this image")
@@ -33,10 +33,10 @@ def inspect_image(backend, path: Path, info, asked: list[str], *, n_questions: i
     }
 
 
-def _describe(backend, rec: Record, max_new_tokens: int) -> str:
+def _describe(backend, rec: Record, max_new_tokens: int, max_pixels: int | None) -> str:
     from stmed.core.generate import GenRequest, SamplingParams
     from stmed.prompts import DESCRIBE
     from stmed.stages.common import record_image
 
-    req = GenRequest([{"role": "user", "content": DESCRIBE.text}], record_image(rec))
+    req = GenRequest([{"role": "user", "content": DESCRIBE.text}], record_image(rec, max_pixels=max_pixels))
     return next(iter(backend.generate([req], SamplingParams(max_new_tokens))))[1].texts[0]

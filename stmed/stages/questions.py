@@ -37,6 +37,7 @@ class QuestionsConfig:
     chunk_size: int | None = None  # images per unit of work; default: four full description batches
     image_root: Path | None = None
     pad_square: bool = False
+    max_pixels: int | None = None  # images downscaled to at most this many pixels (dynamic-resolution models)
     system_prompt: prompts.Prompt = field(default_factory=lambda: prompts.VUSER_SYSTEM)
     describe_prompt: prompts.Prompt = field(default_factory=lambda: prompts.DESCRIBE)
     ask_prompt: prompts.Prompt = field(default_factory=lambda: prompts.INSTRUCT_ASK)
@@ -106,7 +107,7 @@ def _run_chunk(cfg, backend, chunk, errors, done, markers, tracker) -> Iterator[
     images: dict[int, object] = {}
     for i, rec in enumerate(chunk):
         try:
-            images[i] = record_image(rec, cfg.image_root, cfg.pad_square)
+            images[i] = record_image(rec, cfg.image_root, cfg.pad_square, cfg.max_pixels)
         except RecordError as e:
             errors.add(rec, str(e))
             if tracker:
@@ -187,4 +188,5 @@ def _gen_record(cfg: QuestionsConfig, backend, seed: int, dropped: int) -> dict:
     used = [cfg.describe_prompt, cfg.system_prompt] if cfg.strategy == "vuser" else [cfg.describe_prompt, cfg.ask_prompt]
     return {**backend.describe(), "strategy": cfg.strategy, **cfg.sampling().record(), "seed": seed,
             "describe_max_new_tokens": cfg.describe_max_new_tokens, "dropped": dropped,
+            "pad_square": cfg.pad_square, "max_pixels": cfg.max_pixels,
             "prompts": {p.name: p.version for p in used}, "stmed": __version__}
