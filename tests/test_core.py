@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import hashlib
 import re
 import sys
@@ -169,6 +170,33 @@ def test_no_chat_template_names_the_flag(loaded, tmp_path):
     assert render(proc, [{"role": "user", "content": "Hi"}]) == "<<user>><image>Hi<<assistant>>"
     with pytest.raises(NoTemplate, match="no such file"):
         use_template(proc, str(tmp_path / "missing.jinja"))
+
+
+def test_unusable_template_or_missing_library_is_one_line(tiny_model, tmp_path, monkeypatch):
+    from conftest import run_stmed
+
+    from stmed.errors import InputError
+
+    textonly = tmp_path / "t.jinja"
+    textonly.write_text("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}")
+    items = tmp_path / "q.jsonl"
+    image = sorted((Path(__file__).parent.parent / "examples" / "images").glob("*.jpg"))[0]
+    items.write_text(json.dumps({"id": "a", "image": str(image), "question": "Is it?"}) + "\n")
+    r = run_stmed("answer", items, "-m", tiny_model, "--chat-template", textonly, "-o", tmp_path / "a.jsonl")
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "cannot render an image turn" in lines[0], r.stderr
+    assert "--chat-template FILE" in lines[0] and not (tmp_path / "a.jsonl").exists()
+
+    def no_torchvision(*args, **kwargs):
+        raise ImportError("Qwen2VLVideoProcessor requires the Torchvision library")
+
+    import transformers
+
+    from stmed.core.model import load_processor
+
+    monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", no_torchvision)
+    with pytest.raises(InputError, match="needs a library that is missing here .*torchvision"):
+        load_processor(ModelSpec(str(tiny_model)))
 
 
 def test_role_markers(loaded):
