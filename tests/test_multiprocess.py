@@ -403,9 +403,37 @@ def test_rank_without_a_launcher_address_is_one_clear_error(tiny_model, tmp_path
     assert "Traceback" not in proc.stderr and not (tmp_path / "a.jsonl").exists()
 
 
-def test_stdout_output_under_a_launcher_is_refused(tiny_model, tmp_path):
+def test_stdout_output_under_a_launcher_is_refused(tmp_path):
+    """Parts live beside -o FILE. (--backend openai: no model to load, no request is ever sent.)"""
     q = write_jsonl(tmp_path / "q.jsonl", [{"id": "a", "image": images(1)[0], "question": "What?"}])
-    proc = subprocess.run([*launcher(), "-m", "stmed.cli", "answer", str(q), "-m", str(tiny_model), *GEN], cwd=ROOT,
-                          env={**os.environ, **ENV}, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([*launcher(), "-m", "stmed.cli", "answer", str(q), "-m", "served", "--backend", "openai",
+                           "--base-url", "http://127.0.0.1:9/v1"], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, **ENV, "OPENAI_API_KEY": "unused"}, timeout=300)
     assert proc.returncode != 0 and "needs -o FILE" in proc.stderr, proc.stderr[-2000:]
     assert proc.stdout == ""
+
+
+def test_selftrain_under_a_launcher(tiny_model, tmp_path):
+    """make selftrain LAUNCH=...: every model stage of a round as two processes of one launch."""
+    (tmp_path / "images").mkdir()
+    for p in images(2):
+        shutil.copy(p, tmp_path / "images")
+    out = tmp_path / "run"
+    launch_cmd = " ".join(launcher())
+    env = {**os.environ, **ENV, "MODEL": str(tiny_model), "JUDGE": str(tiny_model), "JUDGE_BACKEND": "local",
+           "IMAGES": str(tmp_path / "images"), "ROUNDS": "1", "OUT": str(out), "N_QUESTIONS": "2",
+           "STMED": f"{sys.executable} -m stmed.cli", "LAUNCH": launch_cmd, "STMED_HOME": str(tmp_path / "home"),
+           "GEN_ARGS": "--max-new-tokens 8 --device cpu", "JUDGE_ARGS": "--policy paper --max-tokens 8 --no-cache --device cpu",
+           "DPO_ARGS": "--max-steps 2 --batch-size 1 --grad-accum 1 --lora-r 8 --lora-alpha 16"}
+    proc = subprocess.run(["bash", str(ROOT / "examples" / "selftrain.sh")], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r1 = out / "round-1"
+    for stage in ("questions", "answers", "judge", "dpo"):
+        assert (r1 / f".{stage}.done").exists(), f"{stage} did not finish"
+    for name, stage in (("questions", "gen-questions"), ("answers", "answer"), ("pairs", "judge")):
+        assert f"stmed {stage}: 2 processes" in proc.stderr, f"{stage} did not run as 2 processes"
+        assert (r1 / f"{name}.jsonl").read_text().count("\n") == 4
+    assert json.loads((r1 / "dpo" / "_meta.json").read_text())["processes"] == 2
+    assert (r1 / "dpo" / "merged" / "config.json").exists()
+    assert not list(r1.glob("*.part-*")), "parts merged and removed"
