@@ -56,7 +56,7 @@ class World:
 
     @property
     def label(self) -> str:
-        return f"[rank {self.rank}/{self.size}]"
+        return f"(rank {self.rank}/{self.size})"
 
 
 def world() -> World:

@@ -403,6 +403,13 @@ def test_rank_without_a_launcher_address_is_one_clear_error(tiny_model, tmp_path
     assert "Traceback" not in proc.stderr and not (tmp_path / "a.jsonl").exists()
 
 
+def test_stdin_input_under_a_launcher_is_refused(tiny_model, tmp_path):
+    line = json.dumps({"id": "a", "image": images(1)[0], "question": "What?"}) + "\n"
+    proc = run_stmed("answer", "-", "-m", tiny_model, *GEN, "-o", tmp_path / "a.jsonl", input=line,
+                     env={**ENV, "RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "9"})
+    assert proc.returncode == 2 and "stdin (-) cannot be shared" in proc.stderr, proc.stderr
+
+
 def test_stdout_output_under_a_launcher_is_refused(tmp_path):
     """Parts live beside -o FILE. (--backend openai: no model to load, no request is ever sent.)"""
     q = write_jsonl(tmp_path / "q.jsonl", [{"id": "a", "image": images(1)[0], "question": "What?"}])

@@ -101,8 +101,11 @@ def parse_ints(text: str, flag: str) -> list[int]:
 
 def open_input(source: str, *, image_root: Path | None = None, folder_ok: bool = False):
     """Records from a JSONL file, stdin (-), or (where allowed) a folder of images."""
+    from stmed.distributed import world
     from stmed.records import read_records
 
+    if source == "-" and world().active:
+        fail("input from stdin (-) cannot be shared by the processes of a launch: give a file")
     if folder_ok and source != "-" and Path(source).is_dir():
         from stmed.stages.questions import image_records
 

@@ -49,7 +49,6 @@ def judge(
     from stmed.judge.cost import load_prices
     from stmed.judge.run import JudgeConfig
     from stmed.judge.session import judge_session
-    from stmed.records import read_records
 
     if export not in (None, "stllava"):
         c.fail(f"--export {export!r}: expected stllava")
@@ -69,7 +68,7 @@ def judge(
         from stmed.backends.openai_client import api_key_from_env
 
         api_key_from_env(api_key_env, base_url)  # a missing key stops here, before any file is opened
-    records = read_records(input)
+    records = c.open_input(input)
     if not records:  # as gen-questions and answer: nothing to judge is a mistake, not a finished run
         c.fail(f"{'<stdin>' if input == '-' else input}: no records (empty input)")
     records = c.select(records, shard=shard, limit=limit)
