@@ -13,7 +13,7 @@ The processes meet twice on a small gloo group (CPU, whatever the GPUs run): onc
 work, so the main process can clear or repair the output before the others read it, and once
 at the end, to collect exit codes and counts. gloo reports a dead peer at once ("connection
 closed by peer"), so a killed process stops the others with exit 130 and the parts kept,
-rather than a hang. Jobs that share no launcher use ``--shard I/N`` and ``stmed merge``.
+rather than a hang. Jobs that share no launcher use ``--shard I/N`` (examples/slurm).
 """
 
 from __future__ import annotations
@@ -179,7 +179,7 @@ class Parts:
         return max(g["code"] for g in gathered), gathered
 
 
-def merge_parts(final: Path, parts: list[Path], *, keep: bool = False) -> int:
+def merge_parts(final: Path, parts: list[Path]) -> int:
     """Append each part's records to ``final`` in the order given, skipping ids already there (a
     merge that was killed halfway is simply done again); then remove the parts. Returns how many
     records were added. Lines are copied as they are, so the merge adds no bytes of its own."""
@@ -201,9 +201,8 @@ def merge_parts(final: Path, parts: list[Path], *, keep: bool = False) -> int:
                         done.add(key)
                         added += 1
             out.flush()
-    if not keep:
-        for part in parts:
-            part.unlink(missing_ok=True)
+    for part in parts:
+        part.unlink(missing_ok=True)
     return added
 
 

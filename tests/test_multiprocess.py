@@ -395,6 +395,22 @@ def test_slurm_shards_then_merge_checks_every_shard(many_questions, tiny_model, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["answers.jsonl"], "shards and markers removed"
 
 
+def test_a_merge_killed_halfway_is_finished_by_the_next_one(tmp_path):
+    """The main process appends the parts to the output, then removes them: killed in between,
+    the output holds some records twice over (in it and in a part) and a torn line; merging
+    again must give each record once, in order."""
+    from stmed.distributed import merge_parts
+
+    rows = [json.dumps({"id": f"r{i}", "text": "x" * i}) + "\n" for i in range(6)]
+    parts = [tmp_path / "o.part-0-of-2.jsonl", tmp_path / "o.part-1-of-2.jsonl"]
+    parts[0].write_text("".join(rows[:3]))
+    parts[1].write_text("".join(rows[3:]))
+    out = tmp_path / "o.jsonl"
+    out.write_text("".join(rows[:4]) + rows[4][:7])  # killed while appending r4
+    assert merge_parts(out, parts) == 2
+    assert out.read_text() == "".join(rows) and not any(p.exists() for p in parts)
+
+
 def test_rank_without_a_launcher_address_is_one_clear_error(tiny_model, tmp_path):
     q = write_jsonl(tmp_path / "q.jsonl", [{"id": "a", "image": images(1)[0], "question": "What?"}])
     proc = run_stmed("answer", q, "-m", tiny_model, *GEN, "-o", tmp_path / "a.jsonl",
