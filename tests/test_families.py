@@ -72,14 +72,15 @@ def _generate_words(loaded, messages, image) -> list[int]:
 
     from stmed.core.chat import render
     from stmed.core.generate import encode_batch, stop_ids
-    from stmed.core.tokens import answer_ids
+    from stmed.core.tokens import answer_ids, turn_end
 
     proc, tok = loaded.processor, loaded.tokenizer
     sentence = "Yes, there is a small fracture in the right lobe of the liver and no effusion."
     words = answer_ids(proc, messages, sentence)[:-1]  # in-context ids of ordinary words
     pieces = tok.convert_ids_to_tokens(words)
     spaced = [i for i, p in zip(words, pieces) if p[0] in "▁Ġ"]
-    allowed = torch.tensor(sorted({*spaced, *stop_ids(loaded)}))  # no punctuation: ",," merges into one token
+    # no punctuation (",," merges into one token); the one end token training appends (not Gemma's <eos> too)
+    allowed = torch.tensor(sorted({*spaced, turn_end(proc).token_id}))
     first = torch.tensor([words[0]])
     enc = encode_batch(proc, [render(proc, messages)], [image]).to(loaded.device)
     with torch.inference_mode():
@@ -101,7 +102,7 @@ def test_end_token_of_each_template(family, loaded):
 def test_dpo_and_sft_supervise_what_generation_emits(family, loaded, tmp_path):
     """Greedy-generate an answer, then feed prompt and answer through the DPO and SFT collators:
     the supervised ids are the generated ids, plus the end token where generation stopped early."""
-    from stmed.core.generate import GenRequest, Generator, SamplingParams
+    from stmed.core.generate import GenRequest, Generator, SamplingParams, stop_ids
     from stmed.core.tokens import turn_end
     from stmed.train.data import encode_pair
     from stmed.train.pairs import PairCollator
@@ -111,7 +112,8 @@ def test_dpo_and_sft_supervise_what_generation_emits(family, loaded, tmp_path):
     messages = [{"role": "user", "content": question}]
     generated = _generate_words(loaded, messages, image)
     end = turn_end(loaded.processor).token_id
-    body = generated[: generated.index(end)] if end in generated else generated
+    stops = set(stop_ids(loaded))  # Gemma may stop at <eos> as well as at <end_of_turn>
+    body = generated[: next((k for k, t in enumerate(generated) if t in stops), len(generated))]
     assert len(body) >= 2, f"the model said too little to compare: {generated}"
     # the text a record keeps: what the Generator decodes and stores
     text = loaded.tokenizer.decode(body, skip_special_tokens=True).strip()
@@ -262,7 +264,7 @@ def test_dry_run_shows_the_trained_tokens(family, tmp_path):
     shown = json.loads(r.stdout)
     end, _ = END_TOKENS[name]
     assert shown["chosen_tokens"][-1] == end and shown["rejected_tokens"][-1] == end
-    assert shown["chosen_tokens"][0] in ("▁Yes", "Yes"), shown["chosen_tokens"]
+    assert shown["chosen_tokens"][0].lstrip("▁Ġ").startswith("Yes"), shown["chosen_tokens"]
     assert len(shown["prompt_ids"]) == len(shown["prompt_tokens"]) and not (tmp_path / "out").exists()
     conv = tmp_path / "conv.jsonl"
     conv.write_text(json.dumps({"id": "c", "image": str(image), "conversations": [

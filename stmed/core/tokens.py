@@ -43,7 +43,7 @@ def turn_end(processor) -> TurnEnd:
     text = render_turns(processor, [{"role": "user", "content": _A}, {"role": "assistant", "content": _B}],
                         with_image=False)
     after = text.rsplit(_B, 1)[-1]
-    special = set(getattr(tok, "all_special_ids", []) or [])
+    special = special_ids(tok)
     found = next((i for i in tok(after, add_special_tokens=False)["input_ids"] if i in special), None)
     if found is not None:
         end = TurnEnd(tok.convert_ids_to_tokens(found), found, True)
@@ -56,6 +56,14 @@ def turn_end(processor) -> TurnEnd:
     except AttributeError:
         pass
     return end
+
+
+def special_ids(tok) -> set[int]:
+    """The tokenizer's special tokens, including added tokens marked special that no named role
+    lists (Gemma's ``<end_of_turn>`` is in added_tokens_decoder only)."""
+    ids = set(getattr(tok, "all_special_ids", []) or [])
+    added = getattr(tok, "added_tokens_decoder", None) or {}
+    return ids | {i for i, t in added.items() if getattr(t, "special", False)}
 
 
 def adds_special_tokens(tok, text: str) -> bool:
@@ -147,19 +155,20 @@ def close_turns(processor, rendered: str, messages: list[dict]) -> tuple[str, li
 
 
 def align_expanded(ours: list[int], theirs: list[int]) -> list[int | None]:
-    """Map each of the processor's ids (``theirs``: image placeholders expanded into image, tile
+    """Map each of the processor's ids (``theirs``: the image placeholder expanded into image, tile
     and layout tokens) to the index of the same token in ``ours`` (the tokenizer's ids of the same
-    text), or None for a token the processor added. Raises TokenMismatch when ``ours`` is not a
-    subsequence of ``theirs`` or tokens were added outside the image region."""
-    out: list[int | None] = []
-    i = 0
-    for t in theirs:
-        if i < len(ours) and ours[i] == t:
-            out.append(i)
-            i += 1
-        else:
-            out.append(None)
-    if i != len(ours):
-        raise TokenMismatch("the processor's ids differ from the tokenizer's ids of the same text beyond the "
-                            "image tokens")
-    return out
+    text), or None for a token of the expanded region.
+
+    The two agree before the image and after it; around it they may not, token for token: Gemma 3's
+    processor writes "\n\n" before and after the image, which merges with the template's "\n" into
+    one "\n\n\n" token. So the map is the longest common prefix and the longest common suffix;
+    what lies between is the image region. Raises TokenMismatch when the two share neither end."""
+    n = min(len(ours), len(theirs))
+    head = next((k for k in range(n) if ours[k] != theirs[k]), n)
+    tail = 0
+    while tail < n - head and ours[-1 - tail] == theirs[-1 - tail]:
+        tail += 1
+    if head + tail == 0 and ours != theirs:
+        raise TokenMismatch("the processor's ids share no start or end with the tokenizer's ids of the same text")
+    mid = len(theirs) - head - tail
+    return [*range(head), *([None] * mid), *range(len(ours) - tail, len(ours))]

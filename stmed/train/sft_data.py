@@ -141,6 +141,10 @@ class SFTCollator:
             where = align_expanded(ids, theirs)
         except TokenMismatch as e:
             raise RecordError(f"{row.get('where', row['id'])}: {e}") from None
+        mapped = {j for j in where if j is not None}
+        if any(lab != IGNORE for j, lab in enumerate(labels) if j not in mapped):
+            raise RecordError(f"{row.get('where', row['id'])}: the processor tokenizes a supervised turn differently "
+                              "from the tokenizer (it must differ only around the image)")
         labels = [IGNORE if j is None else labels[j] for j in where]
         out = {"input_ids": theirs, "labels": labels}
         out.update({k: enc[k][0].tolist() for k in TOKEN_KEYS if k in enc})
