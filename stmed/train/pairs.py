@@ -17,7 +17,7 @@ import inspect
 from dataclasses import dataclass
 from typing import Any
 
-IMAGE_KEYS = ("pixel_values", "image_sizes", "image_grid_thw")
+IMAGE_KEYS = ("pixel_values", "pixel_attention_mask", "image_sizes", "image_grid_thw")  # per image, not per token
 
 
 class PairCollator:
