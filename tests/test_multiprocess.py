@@ -291,7 +291,7 @@ def many_questions(tiny_model, tmp_path_factory):
     q = write_jsonl(d / "q.jsonl", [{"id": f"q{i:02d}", "image": imgs[i % 6], "question": f"What is in region {i}?"}
                                     for i in range(48)])
     ref = d / "ref.jsonl"
-    proc = single("answer", q, "-m", tiny_model, *GEN, "--batch-size", "1", "-o", ref)
+    proc = single("answer", q, "-m", tiny_model, *GEN, "--batch-size", "8", "-o", ref)
     assert proc.returncode == 0, proc.stderr
     return q, ref
 
@@ -360,7 +360,7 @@ def test_a_killed_rank_stops_the_run_and_a_rerun_resumes(how, many_questions, ti
     assert not alive, f"processes left running: {alive}"
     assert not out.exists() or out.read_text().count("\n") < 48, "the output cannot be complete"
     assert (tmp_path / "a.part-1-of-2.jsonl").exists(), "the killed rank's part is kept for the rerun"
-    again = launch("answer", q, "-m", tiny_model, *GEN, "--batch-size", "1", "-o", out)
+    again = launch("answer", q, "-m", tiny_model, *GEN, "--batch-size", "8", "-o", out)  # seeds are per record
     assert again.returncode == 0, again.stderr[-3000:]
     assert out.read_bytes() == ref.read_bytes(), "after the rerun the output is what one uninterrupted process writes"
     assert not list(tmp_path.glob("a.part-*")), "parts removed after the merge"
