@@ -176,6 +176,39 @@ def test_resume_continues_a_two_process_run(dpo_runs, tiny_model, tmp_path):
     assert [r["step"] for r in logged(out)] == [1, 2, 3]
 
 
+def test_a_killed_training_rank_stops_the_run_and_resume_finishes_it(dpo_runs, tiny_model, tmp_path):
+    """SIGKILL rank 1 of a 2-process dpo after its first checkpoint: the launcher stops rank 0 (it
+    would otherwise wait in the gradient all-reduce), nothing is left running, and --resume under
+    2 processes finishes the run."""
+    import psutil
+
+    pairs, out = dpo_runs[1], tmp_path / "out"
+    args = ["dpo", str(pairs), "-m", str(tiny_model), "-o", str(out), "--batch-size", "1", "--save-steps", "1",
+            "--max-steps", "8", "--grad-accum", "1", "--lora-r", "8", "--lora-alpha", "16", "-q"]
+    proc = subprocess.Popen([*launcher(), "-m", "stmed.cli", *args], cwd=ROOT, env={**os.environ, **ENV},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    while not (out / "checkpoint-1" / "trainer_state.json").exists():
+        assert proc.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
+        time.sleep(0.05)
+    workers = [p for p in _descendants(proc.pid) if "stmed.cli" in " ".join(p.cmdline())]
+    (victim,) = [p for p in workers if p.environ().get("RANK") == "1"]
+    victim.send_signal(signal.SIGKILL)
+    try:
+        proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0, "a run that lost a rank must not report success"
+    assert not (out / "adapter_model.safetensors").exists(), "the run finished before it could be killed"
+    _, alive = psutil.wait_procs(workers, timeout=30)
+    assert not alive, f"processes left running: {alive}"
+    resumed = launch(*args, "--resume")
+    assert resumed.returncode == 1, resumed.stderr[-3000:]  # the bad pair
+    assert json.loads((out / "checkpoint-8" / "trainer_state.json").read_text())["global_step"] == 8
+    assert (out / "adapter_model.safetensors").exists()
+
+
 def test_sft_two_processes_at_batch_1_equal_one_process_at_batch_2(tiny_model, tmp_path):
     """Conversations of different lengths: the Trainer counts supervised tokens across processes,
     so the token-mean loss of 2 x batch 1 is that of 1 x batch 2."""
