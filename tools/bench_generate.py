@@ -1,13 +1,17 @@
 """Generation throughput: stmed's core against the naive ways, measured in the same run.
 
-CPU mode (default) uses the tiny random model from tools/make_tiny_model.py. ``--gpu`` builds a
-LLaVA-1.5-7B-shaped model with random bf16 weights in memory (CLIP ViT-L/14-336, 576 image
-tokens, Llama-7B text model) and prints the table of DESIGN.md section 8.
+CPU mode (default) uses the tiny random model from tools/make_tiny_model.py (``--shape
+llava-proc``: tiny weights around the real llava-1.5-7b-hf processor, so prompts have LLaVA-1.5's
+576 image tokens and real lengths). ``--gpu`` builds a LLaVA-1.5-7B-shaped model with random
+bf16 weights in memory (CLIP ViT-L/14-336, 576 image tokens, Llama-7B text model) and prints
+the table of DESIGN.md section 8.
 
 Rows: one sample at a time (how the original scripts generate), plain batched ``generate``
 (the HF call with nothing around it), and stmed's Generator (greedy and seeded sampling; on
-a GPU also the static KV cache with compiled decode). The last line is JSON; its "ratio" is
-stmed at the headline batch size over one-at-a-time.
+a GPU also the static KV cache with compiled decode, its one-time compile reported apart as
+``compile_s``). ``--samples N`` adds rows with N seeds per prompt (gen-questions asks 5, answer
+2), with and without the shared prefill. The last line is JSON; its "ratio" is stmed at the
+headline batch size over one-at-a-time.
 
     python tools/bench_generate.py                 # CPU, tiny model
     python tools/bench_generate.py --gpu           # one GPU, 7B shape
@@ -40,6 +44,12 @@ def load(gpu: bool, workdir: Path, shape: str | None = None):
     shape = shape or ("llava-7b" if gpu else "tiny")
     if not gpu and shape == "tiny":
         return load_model(ModelSpec(str(build(workdir / "tiny", seed=0)), device="cpu", dtype="float32"))
+    if shape == "llava-proc":
+        from make_tiny_model import build_from_processor
+
+        folder = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "processors" / "llava-1.5-7b-hf"
+        return load_model(ModelSpec(str(build_from_processor(folder, workdir / shape, seed=0)),
+                                    device="cuda" if gpu else "cpu", dtype="float32"))
     device = torch.device("cuda" if gpu else "cpu")
     model, proc = build_in_memory(shape, device=str(device))
     proc.tokenizer.padding_side = "left"
@@ -89,13 +99,17 @@ def plain_generate(loaded, reqs, batch: int, new_tokens: int) -> float:
     return time.perf_counter() - start
 
 
-def stmed_generate(loaded, reqs, batch: int, new_tokens: int, *, sampled: bool = False, static: bool = False) -> float:
+def stmed_generate(loaded, reqs, batch: int, new_tokens: int, *, sampled: bool = False, static: bool = False,
+                   samples: int = 1, share: bool = True, gen=None) -> float:
+    """Seconds for stmed's Generator over ``reqs`` (``samples`` seeds per request when sampled);
+    pass ``gen`` to reuse one Generator (and its static cache) across calls."""
     from stmed.core.generate import GenRequest, Generator, SamplingParams
 
     params = SamplingParams(new_tokens, 1.2 if sampled else 0.0, 100, 0.95, ignore_eos=True)
     if sampled:
-        reqs = [GenRequest(r.messages, r.image, seeds=[40 + i]) for i, r in enumerate(reqs)]
-    gen = Generator(loaded, batch, static_cache=static)
+        reqs = [GenRequest(r.messages, r.image, seeds=[40 + samples * i + k for k in range(samples)])
+                for i, r in enumerate(reqs)]
+    gen = gen or Generator(loaded, batch, static_cache=static, share_prefill=share)
     start = time.perf_counter()
     for _ in gen.run(reqs, params):
         pass
@@ -106,7 +120,10 @@ def stmed_generate(loaded, reqs, batch: int, new_tokens: int, *, sampled: bool =
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gpu", action="store_true")
-    ap.add_argument("--shape", choices=["tiny", "llava-7b"], help="model shape (default: tiny on CPU, 7B on GPU)")
+    ap.add_argument("--shape", choices=["tiny", "llava-proc", "llava-7b"],
+                    help="model shape (default: tiny on CPU, 7B on GPU)")
+    ap.add_argument("--samples", type=int, default=0,
+                    help="also time N seeds per prompt, with and without the shared prefill (0: skip)")
     ap.add_argument("--new-tokens", type=int)
     ap.add_argument("--batches", default=None, help="comma-separated batch sizes")
     ap.add_argument("--naive-requests", type=int, help="requests timed one at a time (the slow row)")
@@ -120,13 +137,15 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         loaded = load(args.gpu, Path(tmp), args.shape)
         image_size = 56 if (args.shape or ('llava-7b' if args.gpu else 'tiny')) == 'tiny' else 336
+        compile_s: dict[int, float] = {}
         device = torch.cuda.get_device_name(0) if args.gpu else f"CPU ({torch.get_num_threads()} threads)"
         rows = []
         repeats = 1 if args.gpu else 2  # GPU rows are long enough; CPU rows are short and noisy
 
-        def row(name, batch, n, run):
+        def row(name, batch, n, run, samples=1):
             seconds = min(run() for _ in range(repeats))  # best of: one-off shape costs are not throughput
-            rows.append({"how": name, "batch": batch, "requests": n, "tokens_per_s": round(n * new_tokens / seconds, 1)})
+            rows.append({"how": name, "batch": batch, "requests": n,
+                         "tokens_per_s": round(n * samples * new_tokens / seconds, 1)})
             print(f"{name:<44} batch {batch:>4}  {rows[-1]['tokens_per_s']:>10,.1f} tok/s", file=sys.stderr, flush=True)
 
         warm = requests(2, image_size)
@@ -140,11 +159,27 @@ def main(argv=None) -> int:
             row("stmed greedy", b, len(reqs), lambda: stmed_generate(loaded, reqs, b, new_tokens))
             row("stmed seeded sampling", b, len(reqs),
                 lambda: stmed_generate(loaded, reqs, b, new_tokens, sampled=True))
+            if args.samples:
+                per = max(1, len(reqs) // args.samples)  # the same number of rows as the rows above
+                row(f"stmed sampling, {args.samples} per prompt, shared prefill", b, per,
+                    lambda: stmed_generate(loaded, reqs[:per], b, new_tokens, sampled=True, samples=args.samples),
+                    samples=args.samples)
+                row(f"stmed sampling, {args.samples} per prompt, every row prefilled", b, per,
+                    lambda: stmed_generate(loaded, reqs[:per], b, new_tokens, sampled=True, samples=args.samples,
+                                           share=False), samples=args.samples)
             if args.gpu and not args.no_static:
                 try:
-                    stmed_generate(loaded, reqs[:b], b, new_tokens, static=True)  # compile once per shape
+                    from stmed.core.generate import Generator
+
+                    gen = Generator(loaded, b, static_cache=True)
+                    # One batch, timed twice: the first pays the compile (one per run: fixed batch,
+                    # one cache-length bucket); the difference is the compile time.
+                    first = stmed_generate(loaded, reqs[:b], b, new_tokens, gen=gen)
+                    again = stmed_generate(loaded, reqs[:b], b, new_tokens, gen=gen)
+                    compile_s[b] = round(first - again, 1)
+                    print(f"static cache at batch {b}: compile {compile_s[b]:.1f}s", file=sys.stderr)
                     row("stmed greedy, static cache + compiled decode", b, len(reqs),
-                        lambda: stmed_generate(loaded, reqs, b, new_tokens, static=True))
+                        lambda: stmed_generate(loaded, reqs, b, new_tokens, gen=gen))
                 except Exception as e:  # report, keep the other rows
                     print(f"static cache at batch {b} failed: {type(e).__name__}: {e}", file=sys.stderr)
     naive = rows[0]["tokens_per_s"]
@@ -153,7 +188,7 @@ def main(argv=None) -> int:
     plain = max(r["tokens_per_s"] for r in rows if r["batch"] == head and r["how"].startswith("plain"))
     print(json.dumps({"bench": "generate", "device": device, "new_tokens": new_tokens, "rows": rows,
                       "ratio": round(best / naive, 2), "ratio_vs_plain_batched": round(best / plain, 2),
-                      "headline_batch": head}))
+                      "headline_batch": head, "compile_s": compile_s}))
     return 0
 
 

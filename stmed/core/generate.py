@@ -5,6 +5,8 @@ processor that draws, for row r at step t, the t-th uniform of a generator seede
 row's seed, and then lets ``generate`` pick that token greedily. So a seed gives the same text
 whether it runs alone or in a batch of 64, which torch's one shared generator cannot promise.
 On out-of-memory a batch is split in half and the batch size stays smaller from then on.
+The samples of one prompt in a batch share one prefill of that prompt (stmed/core/prefill.py);
+with ``static_cache`` the run keeps one static KV cache, so the decode step compiles once.
 """
 
 from __future__ import annotations
@@ -97,8 +99,14 @@ def _is_oom(err: BaseException) -> bool:
 class Generator:
     """Runs requests through a loaded model in batches; ``batch_size`` shrinks on OOM."""
 
-    def __init__(self, loaded, batch_size: int = 8, *, static_cache: bool = False, isolate_failures: bool = False):
+    def __init__(self, loaded, batch_size: int = 8, *, static_cache: bool = False, isolate_failures: bool = False,
+                 share_prefill: bool = True):
         self.loaded, self.batch_size, self.static_cache = loaded, batch_size, static_cache
+        # share_prefill: a prompt with several samples (seeds) in a batch is prefilled once and its KV
+        # cache copied to each sample's row (see prefill.py); False runs every row's prompt (the old way).
+        self.share_prefill = share_prefill
+        self.prompt_tokens = {"rows": 0, "computed": 0}  # prompt tokens of all rows / tokens prefilled
+        self._static = None  # (batch, max_cache_len, StaticCache): reused so the decode step compiles once
         # isolate_failures: a batch that fails for a reason other than memory is split until the
         # failing request is alone, which is then yielded as its exception (the stage reports
         # that record and goes on) instead of ending the run.
@@ -161,31 +169,46 @@ class Generator:
     def _run_batch(self, batch, requests, prompts, params) -> list[tuple[str, int]]:
         import torch
 
+        from stmed.core import prefill
+
         loaded = self.loaded
         real = len(batch)
         if self.static_cache and real < self.batch_size:
             batch = batch + [batch[-1]] * (self.batch_size - real)  # fixed shapes: no recompiles
-        texts = [prompts[i] for i, _, _ in batch]
-        images = [requests[i].image for i, _, _ in batch]
-        enc = encode_batch(loaded.processor, texts, images if images[0] is not None else None,
-                           pad_to_multiple_of=64 if self.static_cache else None).to(loaded.device)
-        if "pixel_values" in enc:
-            enc["pixel_values"] = enc["pixel_values"].to(loaded.dtype)
+        distinct = list(dict.fromkeys(i for i, _, _ in batch))
+        # The static path always prefills outside generate, into the run's one cache.
+        share = (self.share_prefill and len(distinct) < len(batch)) or self.static_cache
+        keys = distinct if share else [i for i, _, _ in batch]
+        enc = self._encode(keys, requests, prompts)
+        if share and not prefill.can_split(loaded.model, enc):  # a prompt ends in an image token: the old way
+            share, keys = False, [i for i, _, _ in batch]
+            enc = self._encode(keys, requests, prompts)
         prompt_len = enc["input_ids"].shape[1]
+        lengths = enc["attention_mask"].sum(1).tolist()
         ends = stop_ids(loaded)
         gen_kwargs: dict[str, Any] = dict(max_new_tokens=params.max_new_tokens, do_sample=False, eos_token_id=ends,
                                           pad_token_id=self.tok.pad_token_id, temperature=None, top_p=None, top_k=None)
         if params.ignore_eos:
             gen_kwargs["min_new_tokens"] = params.max_new_tokens
-        if self.static_cache:
-            gen_kwargs["cache_implementation"] = "static"
         if params.stop:  # e.g. a self-asked question ends where the next role header begins
             gen_kwargs.update(stop_strings=list(params.stop), tokenizer=self.tok)
         if not params.greedy:
             seeds = [0 if s is None else s for _, _, s in batch]
             gen_kwargs["logits_processor"] = [SeededSampler(seeds, params, prompt_len, loaded.device)]
         with torch.inference_mode():
-            out = loaded.model.generate(**enc, **gen_kwargs)
+            if share:
+                rows = torch.tensor([distinct.index(i) for i, _, _ in batch], device=loaded.device)
+                inputs = prefill.shared(loaded, enc, rows, self._cache_for(len(batch), prompt_len, params))
+                used = {distinct.index(i) for i, _, _ in batch[:real]}
+                computed = sum(lengths[d] - 1 for d in used) + real
+            else:
+                inputs = dict(enc)
+                computed = sum(lengths[:real])
+                if self.static_cache:
+                    gen_kwargs["cache_implementation"] = "static"
+            out = loaded.model.generate(**inputs, **gen_kwargs)
+        self.prompt_tokens["rows"] += sum(lengths[keys.index(i)] for i, _, _ in batch[:real])
+        self.prompt_tokens["computed"] += computed
         new = out[:real, prompt_len:]
         results = []
         ends = {*ends, self.tok.pad_token_id}  # finished rows are padded after their end
@@ -196,6 +219,30 @@ class Generator:
             text = self.tok.decode(row[:n], skip_special_tokens=True)
             results.append((cut_at_stop(text, params.stop), n))
         return results
+
+    def _encode(self, keys, requests, prompts):
+        images = [requests[i].image for i in keys]
+        enc = encode_batch(self.loaded.processor, [prompts[i] for i in keys], images if images[0] is not None else None,
+                           pad_to_multiple_of=64 if self.static_cache else None).to(self.loaded.device)
+        if "pixel_values" in enc:
+            enc["pixel_values"] = enc["pixel_values"].to(self.loaded.dtype)
+        return enc
+
+    def _cache_for(self, rows: int, prompt_len: int, params: SamplingParams):
+        """The run's static KV cache (None without --static-cache): one batch size and one length
+        bucket, grown only when a prompt no longer fits, so the compiled decode step is reused."""
+        if not self.static_cache:
+            return None
+        from stmed.core.prefill import CACHE_BUCKET, static_cache
+
+        need = prompt_len + params.max_new_tokens
+        if self._static is None or self._static[0] != rows or self._static[1] < need:
+            size = -(-need // CACHE_BUCKET) * CACHE_BUCKET
+            self._static = None  # the old cache's memory goes before the new one is allocated
+            self._static = (rows, size, static_cache(self.loaded.model, size))
+        else:
+            self._static[2].reset()
+        return self._static[2]
 
 
 def stop_ids(loaded) -> list[int]:
