@@ -103,7 +103,9 @@ def test_shell_pipe_gives_images_times_n_answered_questions(piped, image_dir, ti
         assert gen["model"] == str(tiny_model) and gen["strategy"] == "vuser"
         assert (gen["temperature"], gen["top_k"], gen["top_p"], gen["max_new_tokens"]) == (1.2, 300, 0.95, 8)
         assert isinstance(gen["seed"], int)
-        assert {k: v for k, v in a.items() if k not in ("answers", "answer_gen")} == q, "every input field kept"
+        assert {k: v for k, v in a.items() if k not in ("answers", "answer_gen", "answer_prompt")} == q, \
+            "every input field kept"
+        assert a["answer_prompt"]["messages"] == [{"role": "user", "content": q["question"]}], "the prompt answered"
         assert [s["seed"] for s in a["answers"]] == [40, 42], "the paper's two seeds"
         assert all(isinstance(s["text"], str) for s in a["answers"])
         assert a["answer_gen"]["temperature"] == 1.2 and a["answer_gen"]["top_k"] == 100
