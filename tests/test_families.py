@@ -1,9 +1,12 @@
-"""Real model families: tiny random models built around the REAL processor, tokenizer and chat
-template files of llava-hf/llava-1.5-7b-hf and Qwen/Qwen2-VL-2B-Instruct (tests/fixtures/processors).
+"""Real model families: tiny random models built around the processor, tokenizer and chat template
+files of llava-hf/llava-1.5-7b-hf, Qwen/Qwen2-VL-2B-Instruct, llava-hf/llava-v1.6-mistral-7b-hf
+(LLaVA-NeXT: anyres tiles, image_sizes) and google/gemma-3-4b-it (template writes <bos>,
+<end_of_turn>, token_type_ids, "\n\n" around the image); see tests/fixtures/processors/README.md
+for what is real and what stands in.
 
 What DPO and SFT supervise must be exactly what generation sees and emits: the answer's ids as
 generated plus the template's end-of-turn token, the vuser prompt's ids a prefix of a rendered
-user turn's, and every stage runs on both families.
+user turn's, and every stage runs on every family.
 """
 
 from __future__ import annotations
@@ -19,9 +22,13 @@ from conftest import EXAMPLE_IMAGES, ROOT, run_stmed
 pytestmark = pytest.mark.slow
 
 FIXTURES = ROOT / "tests" / "fixtures" / "processors"
-FAMILIES = ["llava-1.5-7b-hf", "qwen2-vl-2b-instruct"]
+FAMILIES = ["llava-1.5-7b-hf", "qwen2-vl-2b-instruct", "llava-v1.6-mistral-7b-hf", "gemma-3-4b-it"]
 MAX_PIXELS = "50176"  # 224 x 224: 64 image tokens for Qwen2-VL instead of thousands
-END_TOKENS = {"llava-1.5-7b-hf": ("</s>", False), "qwen2-vl-2b-instruct": ("<|im_end|>", True)}
+END_TOKENS = {"llava-1.5-7b-hf": ("</s>", False), "qwen2-vl-2b-instruct": ("<|im_end|>", True),
+              "llava-v1.6-mistral-7b-hf": ("</s>", True), "gemma-3-4b-it": ("<end_of_turn>", True)}
+# A folder without a tokenizer of its own takes these files from another (README: why)
+TOKENIZER_FROM = {"llava-v1.6-mistral-7b-hf": "llava-1.5-7b-hf"}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
@@ -30,7 +37,15 @@ def family(request, tmp_path_factory) -> tuple[str, Path]:
     from make_tiny_model import build_from_processor
 
     name = request.param
-    return name, build_from_processor(FIXTURES / name, tmp_path_factory.mktemp("families") / name, seed=0)
+    where = tmp_path_factory.mktemp("families")
+    folder = FIXTURES / name
+    if name in TOKENIZER_FROM:
+        import shutil
+
+        folder = shutil.copytree(folder, where / "processor")
+        for f in TOKENIZER_FILES:
+            shutil.copyfile(FIXTURES / TOKENIZER_FROM[name] / f, folder / f)
+    return name, build_from_processor(folder, where / name, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -277,3 +292,16 @@ def test_dry_run_shows_the_trained_tokens(family, tmp_path):
     trained = [s["tokens"] for s in segments if s["supervised"]]
     assert [t[-1] for t in trained] == [end, "?", end], trained  # answer, self-asked question, answer
     assert not (tmp_path / "out").exists()
+
+
+def test_labels_map_around_an_image_region_that_merges_with_its_neighbours():
+    """Gemma 3's processor writes "\n\n" around the image; after the template's "\n" that is one
+    "\n\n\n" token, so the tokenizer's ids and the processor's differ there, not only by insertion."""
+    from stmed.core.tokens import TokenMismatch, align_expanded
+
+    ours = [2, 10, 3, 6, 20, 21, 5]  # <bos> user "\n" <start_of_image> Is it <end_of_turn>
+    theirs = [2, 10, 30, 6, 8, 8, 7, 31, 20, 21, 5]  # "\n\n\n", image tokens, <end_of_image>, "\n\n"
+    assert align_expanded(ours, theirs) == [0, 1, None, None, None, None, None, None, 4, 5, 6]
+    assert align_expanded([1, 2], [1, 2]) == [0, 1]
+    with pytest.raises(TokenMismatch):
+        align_expanded([1, 2], [3, 4])
