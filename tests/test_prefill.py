@@ -101,3 +101,31 @@ def test_families_shared_equals_old_path(family):
     for bs in (3, 8):
         assert _texts(family, reqs, SAMPLED, bs)[0] == old, f"batch {bs}: shared prefill changed the samples"
     assert _texts(family, reqs, SAMPLED, 4, static_cache=True)[0] == old, "static cache changed the samples"
+
+
+def test_static_cache_decode_step_traced_once_per_bucket(tiny):
+    """What --static-cache compiles on a GPU, traced here with dynamo's eager backend on the CPU:
+    prompts of other lengths and later calls reuse the one graph; a prompt past the cache's
+    length bucket grows the cache, and only then is the step traced again."""
+    import torch
+    from torch._dynamo.utils import counters
+    from transformers import CompileConfig
+
+    config = CompileConfig(backend="eager", mode=None)
+    config._compile_all_devices = True  # transformers compiles on GPUs only unless told
+    before = tiny.model.generation_config.compile_config
+    tiny.model.generation_config.compile_config = config
+    torch._dynamo.reset()
+    counters.clear()
+    image = _images()[0]
+    try:
+        gen = Generator(tiny, 4, static_cache=True)
+        for words in ([1, 2, 3, 4, 5], [30, 31], [2]):
+            reqs = [GenRequest([{"role": "user", "content": "why " * w}], image, seeds=[1, 2]) for w in words]
+            list(gen.run(reqs, SAMPLED))
+        assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
+        list(gen.run([GenRequest([{"role": "user", "content": "why " * 300}], image, seeds=[1])], SAMPLED))
+        assert gen._static[1] > 256 and counters["stats"]["unique_graphs"] == 2, (gen._static, dict(counters["stats"]))
+    finally:
+        tiny.model.generation_config.compile_config = before
+        torch._dynamo.reset()
