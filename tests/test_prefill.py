@@ -2,9 +2,9 @@
 
 A request's samples (one per seed) share one prefill whose KV cache is copied to each sample's
 row; the old way, still there as ``share_prefill=False``, runs the whole prompt for every row.
-Checked on the tiny LLaVA and on tiny models around the real llava-1.5 and Qwen2-VL processors
-(Qwen2-VL's M-RoPE keeps per-row position offsets that must follow the rows), with the dynamic
-and the static KV cache.
+Checked on the tiny LLaVA and on tiny models around every family's processor in test_families
+(LLaVA-1.5, Qwen2-VL, whose M-RoPE keeps per-row position offsets that must follow the rows,
+LLaVA-NeXT and Gemma 3), with the dynamic and the static KV cache.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import EXAMPLE_IMAGES, ROOT
+from test_families import FAMILIES, TOKENIZER_FILES, TOKENIZER_FROM
 from stmed.core.generate import GenRequest, Generator, SamplingParams
 from stmed.core.model import ModelSpec, load_model
 from stmed.images import load_image, prepare
@@ -50,14 +51,21 @@ def tiny(tiny_model):
     return load_model(ModelSpec(str(tiny_model), device="cpu"))
 
 
-@pytest.fixture(scope="module", params=["llava-1.5-7b-hf", "qwen2-vl-2b-instruct"])
+@pytest.fixture(scope="module", params=FAMILIES)
 def family(request, tmp_path_factory):
+    import shutil
+
     sys.path.insert(0, str(ROOT / "tools"))
     from make_tiny_model import build_from_processor
 
-    folder = build_from_processor(ROOT / "tests" / "fixtures" / "processors" / request.param,
-                                  tmp_path_factory.mktemp("prefill") / request.param, seed=0)
-    return load_model(ModelSpec(str(folder), device="cpu"))
+    fixtures, where = ROOT / "tests" / "fixtures" / "processors", tmp_path_factory.mktemp("prefill")
+    folder = fixtures / request.param
+    if request.param in TOKENIZER_FROM:  # as test_families builds it
+        folder = shutil.copytree(folder, where / "processor")
+        for f in TOKENIZER_FILES:
+            if (fixtures / TOKENIZER_FROM[request.param] / f).exists():
+                shutil.copyfile(fixtures / TOKENIZER_FROM[request.param] / f, folder / f)
+    return load_model(ModelSpec(str(build_from_processor(folder, where / request.param, seed=0)), device="cpu"))
 
 
 def test_tiny_model_shared_equals_old_path(tiny):
