@@ -246,6 +246,14 @@ def test_every_stage_runs(family, tmp_path):
     r = run_stmed("dpo", p, "-m", model, "-o", tmp_path / "bad", "--max-pixels", "100000", *fast)
     assert r.returncode == 2 and "contradicts --max-pixels" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "bad").exists()
+    # and from the prompt text they were sampled from: another chat template is refused the same way
+    from transformers import AutoProcessor
+
+    other = tmp_path / "other.jinja"
+    other.write_text("{{ 'Answer carefully. ' }}" + AutoProcessor.from_pretrained(model).chat_template)
+    r = run_stmed("dpo", p, "-m", model, "-o", tmp_path / "bad", "--chat-template", other, *fast)
+    assert r.returncode == 2 and "renders differently" in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert not (tmp_path / "bad").exists()
     r = run_stmed("dpo", p, "-m", model, "-o", tmp_path / "dpo", *fast)
     assert r.returncode == 0, r.stderr[-2000:]
     meta = json.loads((tmp_path / "dpo" / "_meta.json").read_text())

@@ -131,6 +131,14 @@ def user_junction(processor, prefix: str) -> str:
     return prefix
 
 
+def prompt_hash(text: str) -> str:
+    """A short fingerprint of rendered prompt text: answer records keep it, so training can tell
+    that it renders the very prompt the answers were sampled from."""
+    import hashlib
+
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
 def render_turns(processor, messages: list[dict], *, with_image: bool = True) -> str:
     """The whole conversation as the template writes it, with no turn opened after it (training)."""
     return _apply(processor, messages, with_image, generation_prompt=False)

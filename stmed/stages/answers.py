@@ -68,6 +68,17 @@ class AnswersConfig:
         return msgs
 
 
+def rendered_hash(backend, messages: list[dict]) -> dict:
+    """The hash of the prompt text this model's chat template renders for ``messages`` (a local
+    model only: a served one renders its own): dpo refuses to train the answers under another."""
+    processor = getattr(backend, "processor", None)
+    if processor is None:
+        return {}
+    from stmed.core.chat import prompt_hash, render
+
+    return {"rendered_sha256": prompt_hash(render(processor, messages, with_image=True))}
+
+
 def run(cfg: AnswersConfig, backend, records: list[Record], errors: ErrorSink,
         done: set[str] = frozenset(), tracker=None) -> Iterator[Record]:
     """Each question record with ``answers`` added, in input order."""
@@ -97,4 +108,5 @@ def run(cfg: AnswersConfig, backend, records: list[Record], errors: ErrorSink,
             answers = [{"text": t, "seed": s} for t, s in zip(out.texts, req.seeds)]
             if tracker:
                 tracker.advance(tokens=out.total_tokens)
-            yield rec.derive(answers=answers, answer_gen=meta, answer_prompt=cfg.prompt_record(req.messages))
+            yield rec.derive(answers=answers, answer_gen=meta,
+                             answer_prompt={**cfg.prompt_record(req.messages), **rendered_hash(backend, req.messages)})

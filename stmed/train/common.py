@@ -273,7 +273,9 @@ def prepare_outdir(cfg: TrainConfig) -> str | None:
     checkpoints = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]) if
                          p.name.split("-")[-1].isdigit() else -1)
     if cfg.resume:
-        return str(checkpoints[-1]) if checkpoints else None
+        # The trainer writes trainer_state.json last: a checkpoint without it was cut off by a kill.
+        complete = [p for p in checkpoints if (p / "trainer_state.json").is_file()]
+        return str(complete[-1]) if complete else None
     if checkpoints and not cfg.overwrite:
         raise InputError(f"{out}: holds checkpoints of an earlier run; pass --resume to continue it or "
                          "--overwrite to start again")

@@ -148,6 +148,18 @@ def encode_pair(processor, messages: list[dict], chosen: str, rejected: str) -> 
             "chosen_ids": answer_ids(processor, messages, chosen), "rejected_ids": answer_ids(processor, messages, rejected)}
 
 
+def same_prompt(record: Record, prompt: str) -> None:
+    """An InputError when the record says its answers were sampled from another prompt text than
+    the one this model's chat template renders (another checkpoint family or --chat-template)."""
+    from stmed.core.chat import prompt_hash
+
+    given = record.get(ANSWER_PROMPT)
+    sampled = given.get("rendered_sha256") if isinstance(given, dict) else None
+    if sampled is not None and sampled != prompt_hash(prompt):
+        raise InputError(f"{record.where}: the answers were sampled from a prompt that this model's chat template "
+                         "renders differently; train with the chat template they were sampled with (--chat-template)")
+
+
 def image_settings(records: list[Record], flags: dict) -> dict:
     """The image settings the answers were sampled with (``answer_prompt``), which training must
     use: a flag that contradicts them, or records that disagree, is an InputError naming file:line.
@@ -216,6 +228,7 @@ def load_pairs(path: str | Path, processor, *, errors: ErrorSink, image_root: Pa
             messages = prompt_messages(rec, question)
             image = check_image(rec, image_root)
             encoded = encode_pair(processor, messages, chosen, rejected)
+            same_prompt(rec, encoded["prompt"])
         except RecordError as e:
             errors.add(rec, str(e))
             continue
