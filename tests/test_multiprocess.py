@@ -486,7 +486,7 @@ def test_selftrain_under_a_launcher(tiny_model, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     r1 = out / "round-1"
     for stage in ("questions", "answers", "judge", "dpo"):
-        assert (r1 / f".{stage}.done").exists(), f"{stage} did not finish: {proc.stderr[-3000:]}"
+        assert (r1 / f".{stage}.done").exists(), f"{stage} did not finish: {proc.stderr[-6000:]}"
     for name, stage in (("questions", "gen-questions"), ("answers", "answer"), ("pairs", "judge")):
         assert f"stmed {stage}: 2 processes" in proc.stderr, f"{stage} did not run as 2 processes"
         assert (r1 / f"{name}.jsonl").read_text().count("\n") == 4

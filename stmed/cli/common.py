@@ -6,6 +6,7 @@ Options are declared once here so each flag reads the same everywhere (DESIGN.md
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,20 +45,34 @@ def command(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        try:
-            code = fn(*args, **kwargs)
-        except StmedError as e:
-            print(f"stmed: error: {e}", file=sys.stderr)
-            raise typer.Exit(e.exit_code) from None
-        except KeyboardInterrupt:
-            print("stmed: interrupted; rerun the same command to resume", file=sys.stderr)
-            raise typer.Exit(EXIT_INTERRUPTED) from None
-        except BrokenPipeError:
-            sys.stderr.close()  # downstream closed the pipe (e.g. `| head`): stop quietly
-            raise typer.Exit(EXIT_OK) from None
-        raise typer.Exit(code or EXIT_OK)
+        code = _exit_code(fn, args, kwargs)
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            # One of a launcher's processes, its work written and merged: leave now. Interpreter
+            # teardown after torch.distributed can abort a finished process ("terminate called
+            # without an active exception"), which the launcher reports as the run's failure.
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except (OSError, ValueError):
+                    pass
+            os._exit(code)
+        raise typer.Exit(code)
 
     return wrapper
+
+
+def _exit_code(fn, args, kwargs) -> int:
+    try:
+        return fn(*args, **kwargs) or EXIT_OK
+    except StmedError as e:
+        print(f"stmed: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("stmed: interrupted; rerun the same command to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        sys.stderr.close()  # downstream closed the pipe (e.g. `| head`): stop quietly
+        return EXIT_OK
 
 
 def exit_code(failed: int) -> int:
