@@ -222,11 +222,9 @@ class Generator:
 
     def _encode(self, keys, requests, prompts):
         images = [requests[i].image for i in keys]
-        enc = encode_batch(self.loaded.processor, [prompts[i] for i in keys], images if images[0] is not None else None,
-                           pad_to_multiple_of=64 if self.static_cache else None).to(self.loaded.device)
-        if "pixel_values" in enc:
-            enc["pixel_values"] = enc["pixel_values"].to(self.loaded.dtype)
-        return enc
+        return on_device(self.loaded, encode_batch(self.loaded.processor, [prompts[i] for i in keys],
+                                                   images if images[0] is not None else None,
+                                                   pad_to_multiple_of=64 if self.static_cache else None))
 
     def _cache_for(self, rows: int, prompt_len: int, params: SamplingParams):
         """The run's static KV cache (None without --static-cache): one batch size and one length
@@ -271,6 +269,14 @@ def encode_batch(processor, texts: list[str], images: list | None, *, padding_si
     if pad_to_multiple_of:
         kwargs["pad_to_multiple_of"] = pad_to_multiple_of
     return processor(**kwargs)
+
+
+def on_device(loaded, enc):
+    """A processor batch on the model's device, pixel values in the model's dtype."""
+    enc = enc.to(loaded.device)
+    if "pixel_values" in enc:
+        enc["pixel_values"] = enc["pixel_values"].to(loaded.dtype)
+    return enc
 
 
 # Processor outputs with one value per token: cut, padded and extended together with input_ids.
@@ -322,13 +328,11 @@ def choice_logprobs(loaded, requests: Sequence[GenRequest], choices: Sequence[st
         for start in range(0, len(members), batch_size):
             rows = members[start:start + batch_size]
             images = [requests[i].image for i in rows]
-            enc = encode_batch(loaded.processor, [prompts[i] + choices[0] for i in rows],
-                               images if all(img is not None for img in images) else None).to(loaded.device)
+            enc = on_device(loaded, encode_batch(loaded.processor, [prompts[i] + choices[0] for i in rows],
+                                                 images if all(img is not None for img in images) else None))
             for key in ("input_ids", *TOKEN_KEYS):
                 if key in enc:
                     enc[key] = enc[key][:, :-drop]
-            if "pixel_values" in enc:
-                enc["pixel_values"] = enc["pixel_values"].to(loaded.dtype)
             with torch.inference_mode():
                 logp = torch.log_softmax(loaded.model(**enc).logits[:, -1, :].float(), dim=-1)
             for row, i in zip(logp, rows):

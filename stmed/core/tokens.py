@@ -93,13 +93,16 @@ def split_completion(tok, prompt: str, completion: str) -> tuple[list[int], list
     return head, whole[len(head):]
 
 
-def assistant_text(processor, messages: list[dict], answer: str, *, with_image: bool = True) -> str:
+def assistant_text(processor, messages: list[dict], answer: str, *, with_image: bool = True,
+                   prompt: str | None = None) -> str:
     """What the template writes after the generation prompt for ``answer``, through the end of
     the turn: the end-of-turn token included (the tokenizer's EOS where the template writes none),
-    nothing after it (a newline, the next turn's header)."""
+    nothing after it (a newline, the next turn's header). ``prompt``: that generation prompt,
+    when the caller has rendered it already."""
     from stmed.core.chat import render, render_turns
 
-    prompt = render(processor, messages, with_image=with_image, continue_as="assistant")
+    if prompt is None:
+        prompt = render(processor, messages, with_image=with_image, continue_as="assistant")
     full = render_turns(processor, [*messages, {"role": "assistant", "content": answer}], with_image=with_image)
     end = turn_end(processor)
     if not full.startswith(prompt):  # a template that rewrites earlier turns: the answer as said
@@ -114,13 +117,16 @@ def assistant_text(processor, messages: list[dict], answer: str, *, with_image: 
     return head + end.token
 
 
-def answer_ids(processor, messages: list[dict], answer: str, *, with_image: bool = True) -> list[int]:
-    """The ids trained for ``answer`` after the prompt of ``messages``: as generated, plus the end token."""
+def answer_ids(processor, messages: list[dict], answer: str, *, with_image: bool = True,
+               prompt: str | None = None) -> list[int]:
+    """The ids trained for ``answer`` after the prompt of ``messages``: as generated, plus the end
+    token. ``prompt``: the rendered generation prompt, when the caller has it already."""
     from stmed.core.chat import render
 
-    prompt = render(processor, messages, with_image=with_image, continue_as="assistant")
-    return split_completion(tokenizer_of(processor), prompt, assistant_text(processor, messages, answer,
-                                                                            with_image=with_image))[1]
+    if prompt is None:
+        prompt = render(processor, messages, with_image=with_image, continue_as="assistant")
+    text = assistant_text(processor, messages, answer, with_image=with_image, prompt=prompt)
+    return split_completion(tokenizer_of(processor), prompt, text)[1]
 
 
 def close_turns(processor, rendered: str, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:

@@ -144,8 +144,9 @@ def encode_pair(processor, messages: list[dict], chosen: str, rejected: str) -> 
     from stmed.core.chat import render
     from stmed.core.tokens import answer_ids
 
-    return {"prompt": render(processor, messages, with_image=True, continue_as="assistant"),
-            "chosen_ids": answer_ids(processor, messages, chosen), "rejected_ids": answer_ids(processor, messages, rejected)}
+    prompt = render(processor, messages, with_image=True, continue_as="assistant")  # rendered once for the pair
+    return {"prompt": prompt, "chosen_ids": answer_ids(processor, messages, chosen, prompt=prompt),
+            "rejected_ids": answer_ids(processor, messages, rejected, prompt=prompt)}
 
 
 def same_prompt(record: Record, prompt: str) -> None:
