@@ -26,6 +26,13 @@ class ImageError(RecordError):
     """An image that cannot be opened or rendered."""
 
 
+def did_you_mean(word: str, choices) -> str:
+    """A ' (did you mean X?)' hint for a mistyped name, or ''."""
+    import difflib
+
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
 
 @contextmanager
 def loading_model(model: str):

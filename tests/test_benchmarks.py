@@ -12,10 +12,15 @@ import pytest
 
 from conftest import BENCH_DATA
 from stmed.errors import InputError
-from stmed.evaluation.benchmarks import detect_format, get_benchmark, load_benchmark, missing_images
+from stmed.evaluation.benchmarks import detect_format, get_benchmark, load_benchmark
 
 RAD = BENCH_DATA / "vqa_rad" / "VQA_RAD Dataset Public.json"
 SLAKE = BENCH_DATA / "slake" / "test.json"
+
+
+def missing_images(items) -> list:
+    """The items whose image file does not exist."""
+    return [it for it in items if not os.path.isfile(it["image"])]
 
 
 def _core(items):

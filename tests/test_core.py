@@ -146,7 +146,7 @@ def test_continue_as_user_ends_with_user_header(loaded):
 
 
 def test_no_chat_template_names_the_flag(loaded, tmp_path):
-    from stmed.core.chat import NoTemplate, use_template
+    from stmed.core.template import NoTemplate, use_template
 
     proc = copy.deepcopy(loaded.processor)
     proc.chat_template = None

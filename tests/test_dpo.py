@@ -122,7 +122,7 @@ def test_dpo_learns_a_synthetic_preference(trained, tiny_model):
 def test_merged_model_matches_base_plus_adapter(trained, tiny_model):
     from transformers import AutoModelForImageTextToText
 
-    from stmed.core.generate import GenRequest, SamplingParams, generate
+    from stmed.core.generate import Generator, GenRequest, SamplingParams
     from stmed.core.model import ModelSpec, load_model
     from stmed.images import load_image
 
@@ -132,9 +132,9 @@ def test_merged_model_matches_base_plus_adapter(trained, tiny_model):
     image = load_image(_images()[1])[0]
     req = [GenRequest(messages=[{"role": "user", "content": q}], image=image) for q in QUESTIONS[:2]]
     params = SamplingParams(max_new_tokens=8)
-    merged = [o.texts for _, o in generate(load_model(ModelSpec(str(merged_dir), device="cpu")), req, params)]
-    adapted = [o.texts for _, o in generate(load_model(ModelSpec(str(tiny_model), str(tmp / "out"), device="cpu")),
-                                            req, params)]
+    merged = [o.texts for _, o in Generator(load_model(ModelSpec(str(merged_dir), device="cpu"))).run(req, params)]
+    adapted = [o.texts for _, o in Generator(load_model(ModelSpec(str(tiny_model), str(tmp / "out"),
+                                                                  device="cpu"))).run(req, params)]
     assert merged == adapted and any(t[0] for t in merged), f"merged {merged} != base+adapter {adapted}"
 
 

@@ -210,7 +210,7 @@ def _hub_snapshot(home: Path, repo: str, rev: str, rows, name: str, *, main_ref:
 
 
 def test_pathvqa_by_name_from_the_hub_cache_offline(tmp_path, rad_rows):
-    from stmed.evaluation.benchmarks import file_sha256
+    from stmed.records import file_sha256
 
     rev = "0123456789abcdef0123456789abcdef01234567"
     # two shards named as `datasets` names them, with a hash suffix; the loader reads both
@@ -250,6 +250,8 @@ def test_pinned_hub_copy_is_hash_checked(tmp_path, rad_rows, monkeypatch):
 
     from huggingface_hub import constants
 
+    from stmed.records import file_sha256
+
     from stmed.evaluation import benchmarks, sources
 
     pinned = sources.HUB["vqa-rad"]
@@ -260,7 +262,7 @@ def test_pinned_hub_copy_is_hash_checked(tmp_path, rad_rows, monkeypatch):
     monkeypatch.setenv("STMED_CACHE_DIR", str(tmp_path / "cache"))
     with pytest.raises(benchmarks.InputError, match="differs from the pinned"):
         benchmarks.load_benchmark("vqa-rad")
-    monkeypatch.setitem(sources.HUB, "vqa-rad", dataclasses.replace(pinned, sha256={name: benchmarks.file_sha256(shard)}))
+    monkeypatch.setitem(sources.HUB, "vqa-rad", dataclasses.replace(pinned, sha256={name: file_sha256(shard)}))
     got = benchmarks.load_benchmark("vqa-rad")
     assert got.source["kind"] == "hub" and got.source["revision"] == pinned.revision and got.format == "parquet"
     # no release to join to here: the types are derived, and the notes say the split's own are unknown

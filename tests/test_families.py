@@ -85,9 +85,9 @@ def _generate_words(loaded, messages, image) -> list[int]:
     """Greedy ids the model generates after the prompt, restricted as _WordsOnly says."""
     import torch
 
-    from stmed.core.chat import render
+    from stmed.core.chat import answer_ids, render
     from stmed.core.generate import encode_batch, stop_ids
-    from stmed.core.tokens import answer_ids, turn_end
+    from stmed.core.tokens import turn_end
 
     proc, tok = loaded.processor, loaded.tokenizer
     sentence = "Yes, there is a small fracture in the right lobe of the liver and no effusion."

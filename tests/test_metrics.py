@@ -151,7 +151,9 @@ def test_bootstrap_is_seeded():
 
 def test_registry_declares_direction_and_suggests():
     assert all(isinstance(m.higher_is_better, bool) for m in M.METRICS.values())
-    assert "did you mean 'open_recall'" in M.suggest("open_recal", M.METRICS)
+    from stmed.errors import did_you_mean
+
+    assert "did you mean 'open_recall'" in did_you_mean("open_recal", M.METRICS)
     with pytest.raises(AssertionError):
         M.register(M.METRICS["open_f1"])
 

@@ -10,97 +10,20 @@ from __future__ import annotations
 
 from typing import Literal
 
-from stmed.errors import InputError
+from stmed.core.template import _SENTINEL, apply_template, render_turns
+from stmed.core.tokens import TokenMismatch, close_turns, split_completion, tokenizer_of, turn_end
 
 ContinueAs = Literal["assistant", "user"]
-_SENTINEL = "\u2063STMED-CUT\u2063"  # invisible separator: never produced by a tokenizer round trip
-
-
-class NoTemplate(InputError):
-    """No usable chat template: the message names the --chat-template flag."""
-
-
-def use_template(processor, path: str | None = None) -> None:
-    """Give the processor the template it renders with: ``path`` (--chat-template FILE) when given,
-    else its own, else its tokenizer's (a checkpoint whose template sits only in tokenizer_config.json).
-    Checked here, once, to render an image turn; a template that cannot is NoTemplate."""
-    from pathlib import Path
-
-    tok = getattr(processor, "tokenizer", None)
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise NoTemplate(f"--chat-template {path}: no such file")
-        text = p.read_text(encoding="utf-8")
-        if p.suffix == ".json":  # chat_template.json as checkpoints ship it
-            import json
-
-            try:
-                text = json.loads(text)["chat_template"]
-            except (ValueError, KeyError, TypeError):
-                raise NoTemplate(f"--chat-template {path}: expected a JSON object with a 'chat_template' key") from None
-        processor.chat_template = text
-        if tok is not None:
-            tok.chat_template = text
-    elif not getattr(processor, "chat_template", None) and getattr(tok, "chat_template", None):
-        processor.chat_template = tok.chat_template
-    if not getattr(processor, "chat_template", None):
-        raise NoTemplate("this model comes with no chat template; pass --chat-template FILE (a Jinja template, "
-                         "or a chat_template.json)")
-    try:
-        with_image = render(processor, [{"role": "user", "content": _SENTINEL}], continue_as="assistant")
-        without = render(processor, [{"role": "user", "content": _SENTINEL}], with_image=False, continue_as="assistant")
-    except Exception as e:  # jinja's errors: the template is the user's input here
-        raise NoTemplate(f"the chat template cannot render a user turn ({type(e).__name__}: {e}); pass "
-                         "--chat-template FILE") from None
-    if with_image.count(_SENTINEL) != 1 or with_image == without or "'type'" in with_image:
-        raise NoTemplate("the chat template cannot render an image turn (it drops the image or writes the "
-                         "message parts as text); pass --chat-template FILE with one that can")
-
-
-def _hf_messages(messages: list[dict], with_image: bool) -> list[dict]:
-    out, placed = [], not with_image
-    for m in messages:
-        parts: list[dict] = []
-        if m["role"] == "user" and not placed:
-            parts.append({"type": "image"})
-            placed = True
-        parts.append({"type": "text", "text": m["content"]})
-        out.append({"role": m["role"], "content": parts})
-    return out
-
-
-def _fold_system(messages: list[dict]) -> list[dict]:
-    """For templates without a system role: the system text opens the first user turn."""
-    if not messages or messages[0]["role"] != "system":
-        return messages
-    system, rest = messages[0]["content"], list(messages[1:])
-    for i, m in enumerate(rest):
-        if m["role"] == "user":
-            rest[i] = {**m, "content": f"{system}\n\n{m['content']}"}
-            break
-    return rest
-
-
-def _apply(processor, messages: list[dict], with_image: bool, generation_prompt: bool) -> str:
-    try:
-        return processor.apply_chat_template(
-            _hf_messages(messages, with_image), add_generation_prompt=generation_prompt, tokenize=False
-        )
-    except Exception:  # jinja raises for a system role the template does not know
-        if messages and messages[0]["role"] == "system":
-            return _apply(processor, _fold_system(messages), with_image, generation_prompt)
-        raise
 
 
 def render(processor, messages: list[dict], *, with_image: bool = True, continue_as: ContinueAs = "assistant") -> str:
     """Prompt text whose continuation is the next ``continue_as`` turn."""
     if continue_as == "assistant":
-        return _closed(processor, messages, _apply(processor, messages, with_image, generation_prompt=True))
+        return _closed(processor, messages, apply_template(processor, messages, with_image, generation_prompt=True))
     # Render one more user turn holding a sentinel and cut there: whatever the template puts
     # before a user's words (role header, separators) is kept, for any model's template.
     probe = [*messages, {"role": "user", "content": _SENTINEL}]
-    text = _closed(processor, messages, _apply(processor, probe, with_image, generation_prompt=False))
+    text = _closed(processor, messages, apply_template(processor, probe, with_image, generation_prompt=False))
     cut = text.find(_SENTINEL)
     assert cut >= 0, "chat template dropped the user turn; cannot continue in the user's role"
     return user_junction(processor, text[:cut])
@@ -112,8 +35,6 @@ def _closed(processor, messages: list[dict], text: str) -> str:
     emitted there."""
     if not any(m["role"] == "assistant" for m in messages):
         return text
-    from stmed.core.tokens import close_turns
-
     return close_turns(processor, text, messages)[0]
 
 
@@ -139,11 +60,6 @@ def prompt_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
-def render_turns(processor, messages: list[dict], *, with_image: bool = True) -> str:
-    """The whole conversation as the template writes it, with no turn opened after it (training)."""
-    return _apply(processor, messages, with_image, generation_prompt=False)
-
-
 def role_markers(processor) -> list[str]:
     """Text that opens the next turn in this template: a sample stops there and is cut there.
 
@@ -164,3 +80,35 @@ def role_markers(processor) -> list[str]:
         if m and not m.isalpha():
             markers.add(m)
     return sorted(markers, key=len, reverse=True)
+
+
+def assistant_text(processor, messages: list[dict], answer: str, *, with_image: bool = True,
+                   prompt: str | None = None) -> str:
+    """What the template writes after the generation prompt for ``answer``, through the end of
+    the turn: the end-of-turn token included (the tokenizer's EOS where the template writes none),
+    nothing after it (a newline, the next turn's header). ``prompt``: that generation prompt,
+    when the caller has rendered it already."""
+    if prompt is None:
+        prompt = render(processor, messages, with_image=with_image, continue_as="assistant")
+    full = render_turns(processor, [*messages, {"role": "assistant", "content": answer}], with_image=with_image)
+    end = turn_end(processor)
+    if not full.startswith(prompt):  # a template that rewrites earlier turns: the answer as said
+        return answer + end.token
+    written = full[len(prompt):]
+    at = written.rfind(answer)
+    if at < 0:
+        raise TokenMismatch("the chat template does not write the answer as given")
+    head, rest = written[: at + len(answer)], written[at + len(answer):]
+    if end.written and end.token in rest:
+        return head + rest[: rest.index(end.token) + len(end.token)]
+    return head + end.token
+
+
+def answer_ids(processor, messages: list[dict], answer: str, *, with_image: bool = True,
+               prompt: str | None = None) -> list[int]:
+    """The ids trained for ``answer`` after the prompt of ``messages``: as generated, plus the end
+    token. ``prompt``: the rendered generation prompt, when the caller has it already."""
+    if prompt is None:
+        prompt = render(processor, messages, with_image=with_image, continue_as="assistant")
+    text = assistant_text(processor, messages, answer, with_image=with_image, prompt=prompt)
+    return split_completion(tokenizer_of(processor), prompt, text)[1]

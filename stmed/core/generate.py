@@ -292,12 +292,6 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> str:
     return text[:cut].strip()
 
 
-def generate(loaded, requests: Sequence[GenRequest], params: SamplingParams, batch_size: int = 8,
-             **kwargs: Any) -> Iterator[tuple[int, GenOutput]]:
-    """One-call form: (request index, output) pairs, in completion order."""
-    return Generator(loaded, batch_size, **kwargs).run(requests, params)
-
-
 def _divergence(tok, prompt: str, choices: Sequence[str]) -> tuple[int, list[int]]:
     """(tokens after the shared prefix in prompt+choices[0], each choice's first own token).
 

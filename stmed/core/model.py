@@ -106,10 +106,10 @@ def load_model(spec: ModelSpec) -> Loaded:
 
 def load_processor(spec: ModelSpec):
     """The checkpoint's processor with the chat template every stage renders with (see
-    ``chat.use_template``), or one InputError line."""
+    ``template.use_template``), or one InputError line."""
     from transformers import AutoProcessor
 
-    from stmed.core.chat import use_template
+    from stmed.core.template import use_template
 
     _quiet_hf()
     with loading_model(spec.model):

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from stmed.core.template import render_turns
+
 _A, _B = "\u2063STMED-A\u2063", "\u2063STMED-B\u2063"
 
 
@@ -37,8 +39,6 @@ def turn_end(processor) -> TurnEnd:
     cached = getattr(processor, "_stmed_turn_end", None)
     if cached is not None:
         return cached
-    from stmed.core.chat import render_turns
-
     tok = tokenizer_of(processor)
     text = render_turns(processor, [{"role": "user", "content": _A}, {"role": "assistant", "content": _B}],
                         with_image=False)
@@ -91,42 +91,6 @@ def split_completion(tok, prompt: str, completion: str) -> tuple[list[int], list
         raise TokenMismatch(f"the prompt's tokens (ending {tail}) are not a prefix of prompt + answer: the "
                             "tokenizer merges across the junction")
     return head, whole[len(head):]
-
-
-def assistant_text(processor, messages: list[dict], answer: str, *, with_image: bool = True,
-                   prompt: str | None = None) -> str:
-    """What the template writes after the generation prompt for ``answer``, through the end of
-    the turn: the end-of-turn token included (the tokenizer's EOS where the template writes none),
-    nothing after it (a newline, the next turn's header). ``prompt``: that generation prompt,
-    when the caller has rendered it already."""
-    from stmed.core.chat import render, render_turns
-
-    if prompt is None:
-        prompt = render(processor, messages, with_image=with_image, continue_as="assistant")
-    full = render_turns(processor, [*messages, {"role": "assistant", "content": answer}], with_image=with_image)
-    end = turn_end(processor)
-    if not full.startswith(prompt):  # a template that rewrites earlier turns: the answer as said
-        return answer + end.token
-    written = full[len(prompt):]
-    at = written.rfind(answer)
-    if at < 0:
-        raise TokenMismatch("the chat template does not write the answer as given")
-    head, rest = written[: at + len(answer)], written[at + len(answer):]
-    if end.written and end.token in rest:
-        return head + rest[: rest.index(end.token) + len(end.token)]
-    return head + end.token
-
-
-def answer_ids(processor, messages: list[dict], answer: str, *, with_image: bool = True,
-               prompt: str | None = None) -> list[int]:
-    """The ids trained for ``answer`` after the prompt of ``messages``: as generated, plus the end
-    token. ``prompt``: the rendered generation prompt, when the caller has it already."""
-    from stmed.core.chat import render
-
-    if prompt is None:
-        prompt = render(processor, messages, with_image=with_image, continue_as="assistant")
-    text = assistant_text(processor, messages, answer, with_image=with_image, prompt=prompt)
-    return split_completion(tokenizer_of(processor), prompt, text)[1]
 
 
 def close_turns(processor, rendered: str, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:

@@ -12,16 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stmed.errors import InputError
+from stmed.errors import InputError, did_you_mean
 from stmed.evaluation import loaders, parquet, sources
-from stmed.evaluation.metrics import suggest
-from stmed.records import Record
+from stmed.records import Record, file_sha256
 
 
 @dataclass(frozen=True)
@@ -63,7 +61,7 @@ register(Benchmark("jsonl", "1", "your own items: JSONL of {id, image, question,
 
 def get_benchmark(name: str) -> Benchmark:
     if name not in BENCHMARKS:
-        raise InputError(f"--bench {name!r}: unknown benchmark{suggest(name, BENCHMARKS)}; choose from {', '.join(BENCHMARKS)}")
+        raise InputError(f"--bench {name!r}: unknown benchmark{did_you_mean(name, BENCHMARKS)}; choose from {', '.join(BENCHMARKS)}")
     return BENCHMARKS[name]
 
 
@@ -123,7 +121,7 @@ def load_benchmark(bench: str, data: str | Path | None = None, *, fmt: str | Non
         path = find_data_file(spec, Path(data), split)
     fmt = fmt or detect_format(path)
     if fmt not in FORMATS:
-        raise InputError(f"--format {fmt!r}: unknown format{suggest(fmt, FORMATS)}; choose from {', '.join(FORMATS)}")
+        raise InputError(f"--format {fmt!r}: unknown format{did_you_mean(fmt, FORMATS)}; choose from {', '.join(FORMATS)}")
     ctx = loaders.Context(path=path, split=split, lang=lang, image_root=image_root)
     items = FORMATS[fmt](ctx)
     if not items:
@@ -272,13 +270,3 @@ def _check_unique(items: list[Record], path: Path) -> None:
         seen[it["id"]] = it.where
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def missing_images(items: list[Record]) -> list[Record]:
-    return [it for it in items if not os.path.isfile(it["image"])]

@@ -214,14 +214,6 @@ for _m in (
     register(_m)
 
 
-def suggest(name: str, choices) -> str:
-    """A ' (did you mean X?)' hint for a mistyped name, or ''."""
-    import difflib
-
-    close = difflib.get_close_matches(name, list(choices), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 # ---------------------------------------------------------------- aggregation
 
 

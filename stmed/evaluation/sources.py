@@ -89,7 +89,7 @@ def download(copy: HubCopy, split: str) -> Source:
     files = sorted(folder.glob(pattern))
     if not files:
         raise InputError(f"{copy.repo_id}@{folder.name}: no files match {pattern} (is --split {split!r} one of its splits?)")
-    from stmed.evaluation.benchmarks import file_sha256
+    from stmed.records import file_sha256
 
     hashes = {}
     for f in files:

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stmed import __version__
-from stmed.errors import InputError
-from stmed.evaluation.metrics import aggregate, score_item, suggest
+from stmed.errors import InputError, did_you_mean
+from stmed.evaluation.metrics import aggregate, score_item
 from stmed.records import ErrorSink, Record, read_records
 
 PROMPT_VERSIONS = {"free": "1", "short": "1"}
@@ -35,7 +35,7 @@ class EvalConfig:
 
     def __post_init__(self):
         if self.prompt not in PROMPT_VERSIONS:
-            raise InputError(f"--prompt {self.prompt!r}: choose free or short{suggest(self.prompt, PROMPT_VERSIONS)}")
+            raise InputError(f"--prompt {self.prompt!r}: choose free or short{did_you_mean(self.prompt, PROMPT_VERSIONS)}")
         if self.max_new_tokens < 1:
             raise InputError("--max-new-tokens must be at least 1")
 

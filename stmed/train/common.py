@@ -8,7 +8,6 @@ config, the data hash and the versions to ``OUTDIR/_meta.json`` and the trainer'
 from __future__ import annotations
 
 import contextlib
-import difflib
 import os
 import re
 import sys
@@ -16,7 +15,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from stmed.errors import InputError, loading_model
+from stmed.errors import InputError, did_you_mean, loading_model
 from stmed.records import write_json
 
 # The paper's LoRA targets: every projection of the language model (not the vision tower, the
@@ -123,11 +122,6 @@ class SFTConfig(TrainConfig):
         super().check()
         if not 0.0 <= self.sq_ratio <= 1.0:
             raise InputError(f"--sq-ratio {self.sq_ratio}: must be between 0 and 1")
-
-
-def did_you_mean(word: str, choices) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def parse_loss(text: str) -> tuple[list[str], list[float] | None]:

@@ -16,7 +16,6 @@ never sit decoded in memory.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 from pathlib import Path
 
@@ -46,14 +45,6 @@ def read_any(path: str | Path) -> list[Record]:
         item.setdefault("id", f"{item.get('image', 'item')}:{i}")
         out.append(Record.at(item, f"{path}[{i}]", p.resolve().parent))
     return out
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def check_image(record: Record, image_root: Path | None) -> Path:
@@ -142,7 +133,7 @@ def encode_pair(processor, messages: list[dict], chosen: str, rejected: str) -> 
     """{"prompt", "chosen_ids", "rejected_ids"}: the prompt text as sampling renders it and each
     answer's ids after it, end-of-turn token included (stmed.core.tokens)."""
     from stmed.core.chat import render
-    from stmed.core.tokens import answer_ids
+    from stmed.core.chat import answer_ids
 
     prompt = render(processor, messages, with_image=True, continue_as="assistant")  # rendered once for the pair
     return {"prompt": prompt, "chosen_ids": answer_ids(processor, messages, chosen, prompt=prompt),

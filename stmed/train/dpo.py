@@ -15,7 +15,8 @@ from stmed.errors import InputError
 from stmed.records import ErrorSink
 from stmed.train.common import (DPOConfig, leave_no_empty_outdir, load_for_training, load_processor, lora_config,
                                 prepare_outdir, say, trainer_kwargs, write_meta)
-from stmed.train.data import file_sha256, load_pairs, read_any
+from stmed.records import file_sha256
+from stmed.train.data import load_pairs, read_any
 
 # stmed's step reuses trl internals (FusedCausalLMOutput, DPOTrainer._compute_loss and its
 # precompute_ref_logps switch) that move between minor releases; pyproject.toml pins this range.

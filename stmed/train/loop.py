@@ -96,10 +96,3 @@ def _note_in_meta(cfg: TrainConfig, **fields) -> None:
     path = Path(cfg.output_dir) / "_meta.json"
     if path.exists():
         write_json(path, {**json.loads(path.read_text(encoding="utf-8")), **fields})
-
-
-def read_log(output_dir: str | Path) -> list[dict]:
-    path = Path(output_dir) / LOG_NAME
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -14,7 +14,8 @@ from stmed.errors import InputError, RecordError
 from stmed.records import ErrorSink, RecordWriter
 from stmed.train.common import (SFTConfig, leave_no_empty_outdir, load_for_training, load_processor, prepare_outdir,
                                 say, trainer_kwargs, write_meta)
-from stmed.train.data import check_image, file_sha256, image_settings, read_any
+from stmed.records import file_sha256
+from stmed.train.data import check_image, image_settings, read_any
 from stmed.train.sft_data import SFTCollator, parse_conversation
 
 

@@ -74,7 +74,7 @@ def render_example(processor, messages: list[dict], self_asked: list[bool]) -> R
     template writes none, as llava-hf's does: the tokenizer's EOS), never the next turn's header;
     each self-asked question is supervised from where ``gen-questions --strategy vuser`` lets the
     model speak (chat.user_junction) to its last character."""
-    from stmed.core.chat import render_turns
+    from stmed.core.template import render_turns
     from stmed.core.tokens import TokenMismatch, close_turns
     from stmed.prompts import VUSER_SYSTEM
 
