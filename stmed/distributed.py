@@ -82,16 +82,6 @@ def share(items: list, w: World | None = None) -> list:
     return items[w.rank * n // w.size:(w.rank + 1) * n // w.size]
 
 
-def device(flag: str, w: World | None = None) -> str:
-    """``--device auto`` under a launcher means this process's own GPU (LOCAL_RANK)."""
-    w = w or world()
-    if flag != "auto" or not w.active:
-        return flag
-    import torch
-
-    return f"cuda:{w.local_rank % max(torch.cuda.device_count(), 1)}" if torch.cuda.is_available() else "cpu"
-
-
 def part_path(path: str | Path, rank: int, size: int) -> Path:
     """``answers.jsonl`` -> ``answers.part-R-of-N.jsonl`` beside it."""
     return sibling_path(path, f".part-{rank}-of-{size}.jsonl")

@@ -197,9 +197,7 @@ def make_backend(backend: str, flags: ModelFlags, *, batch_size: int, base_url: 
     """The generation backend a command asked for (the model loads here, after input checks)."""
     if backend == "hf":
         from stmed.core.backend import HFBackend
-        from stmed.distributed import device
 
-        flags.device = device(flags.device)  # under a launcher, auto is this process's own GPU
         # A record the model fails on becomes that record's error (the stages report it), as with openai.
         return HFBackend(flags.spec(), batch_size=batch_size, static_cache=static_cache, isolate_failures=True)
     if backend == "openai":

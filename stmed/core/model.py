@@ -43,16 +43,29 @@ class Loaded:
         return {"model": self.spec.model, "adapter": self.spec.adapter, "dtype": str(self.dtype).replace("torch.", "")}
 
 
+def on_gpu() -> bool:
+    """Whether torch sees a CUDA GPU: the one place every "auto" choice (device, dtype, gradient
+    checkpointing, the trainer's use_cpu) asks."""
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def resolve_device(name: str):
     import torch
 
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not on_gpu():
+            return torch.device("cpu")
+        from stmed.distributed import world
+
+        w = world()  # under a launcher, each process takes its own GPU (LOCAL_RANK)
+        return torch.device(f"cuda:{w.local_rank % torch.cuda.device_count()}" if w.active else "cuda")
     try:
         dev = torch.device(name)
     except RuntimeError:
         raise InputError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
+    if dev.type == "cuda" and not on_gpu():
         raise InputError(f"--device {name}: no CUDA GPU is visible to torch on this machine")
     return dev
 
@@ -84,24 +97,33 @@ def load_model(spec: ModelSpec) -> Loaded:
     local = Path(spec.model).expanduser()
     if spec.model.startswith((".", "/", "~")) and not local.exists():  # before the slow imports
         raise InputError(f"-m {spec.model}: no such model folder")
-    from transformers import AutoModelForImageTextToText
-
-    _quiet_hf()
     device = resolve_device(spec.device)
     dtype = resolve_dtype(spec.dtype, device)
     processor = load_processor(spec)
-    with loading_model(spec.model):
-        model = AutoModelForImageTextToText.from_pretrained(
-            spec.model, dtype=dtype, trust_remote_code=spec.trust_remote_code
-        )
-    if spec.adapter:
-        model = _apply_adapter(model, spec.adapter)
+    model = load_weights(spec.model, dtype, trust_remote_code=spec.trust_remote_code, adapter=spec.adapter)
     model.to(device).eval()
+    ensure_pad_token(processor).padding_side = "left"  # decoder-only generation needs the prompt flush right
+    return Loaded(model=model, processor=processor, spec=spec, device=device, dtype=dtype)
+
+
+def load_weights(model: str, dtype, *, trust_remote_code: bool = False, adapter: str | None = None):
+    """The one ``from_pretrained`` of a vision-language model, for inference, training and merging
+    alike: a model that does not load is one InputError line; ``adapter`` is merged into the weights
+    (inference and a merged checkpoint then cost what the base model costs)."""
+    from transformers import AutoModelForImageTextToText
+
+    _quiet_hf()
+    with loading_model(model):
+        loaded = AutoModelForImageTextToText.from_pretrained(model, dtype=dtype, trust_remote_code=trust_remote_code)
+    return _apply_adapter(loaded, adapter) if adapter else loaded
+
+
+def ensure_pad_token(processor):
+    """The processor's tokenizer, given a pad token (its EOS) where it has none: batches need one."""
     tok = getattr(processor, "tokenizer", processor)
-    tok.padding_side = "left"  # decoder-only generation needs the prompt flush right
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    return Loaded(model=model, processor=processor, spec=spec, device=device, dtype=dtype)
+    return tok
 
 
 def load_processor(spec: ModelSpec):
@@ -123,5 +145,4 @@ def _apply_adapter(model, adapter: str):
 
     if not (Path(adapter) / "adapter_config.json").exists():
         raise InputError(f"--adapter {adapter}: no adapter_config.json in that folder")
-    # Merged into the weights: inference then costs the same as the base model.
     return PeftModel.from_pretrained(model, adapter).merge_and_unload()

@@ -23,7 +23,7 @@ from stmed.records import STDIO, ErrorSink, RecordWriter, default_errors_path, s
 
 def judge_session(cfg: JudgeConfig, records: list, *, output: str | None, skipped: str | None, errors: str | None,
                   overwrite: bool, quiet: bool, cache, prices: dict, export: str | None = None) -> int:
-    from stmed.distributed import Parts, device, summary_line, world
+    from stmed.distributed import Parts, summary_line, world
 
     skipped_path = skipped or sibling_path(output, ".skipped.jsonl")
     if cfg.backend == "batch" and cfg.batch_dir is None:
@@ -34,7 +34,6 @@ def judge_session(cfg: JudgeConfig, records: list, *, output: str | None, skippe
     parts = Parts(w, [output, skipped_path], errors, overwrite=overwrite) if w.active else None
     if parts is not None:  # this process writes its parts; the main one merges them (stmed.distributed)
         output, skipped_path, errors, overwrite = parts.part(output), parts.part(skipped_path), parts.errors, False
-        cfg.device = device(cfg.device)
     pairs = RecordWriter(output, overwrite=overwrite)
     skips = RecordWriter(skipped_path, overwrite=overwrite) if skipped_path else None
     done = pairs.done | (skips.done if skips else set()) | (parts.done if parts else set())

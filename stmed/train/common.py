@@ -8,14 +8,15 @@ config, the data hash and the versions to ``OUTDIR/_meta.json`` and the trainer'
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from stmed.errors import InputError, did_you_mean, loading_model
+from stmed.core.model import on_gpu
+from stmed.distributed import world
+from stmed.errors import InputError, did_you_mean
 from stmed.records import write_json
 
 # The paper's LoRA targets: every projection of the language model (not the vision tower, the
@@ -204,17 +205,11 @@ def load_for_training(cfg: TrainConfig, wrap: bool = True, processor=None):
     """(model, processor) in the training dtype; LoRA applied unless --full or not ``wrap``
     (trl applies the LoRA config itself: handed a ready PeftModel it would copy the adapter as
     the reference). A model that cannot be loaded is one InputError line."""
-    import torch
-    from transformers import AutoModelForImageTextToText
+    from stmed.core.model import ensure_pad_token, load_weights
 
     processor = processor if processor is not None else load_processor(cfg)
-    dtype = torch.bfloat16 if use_bf16(cfg) else torch.float32
-    with loading_model(cfg.model):
-        model = AutoModelForImageTextToText.from_pretrained(cfg.model, dtype=dtype,
-                                                            trust_remote_code=cfg.trust_remote_code)
-    tok = getattr(processor, "tokenizer", processor)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
+    model = load_weights(cfg.model, training_dtype(cfg), trust_remote_code=cfg.trust_remote_code)
+    ensure_pad_token(processor)
     if not wrap and not cfg.full:
         return model, processor
     if cfg.full:
@@ -232,12 +227,18 @@ def load_for_training(cfg: TrainConfig, wrap: bool = True, processor=None):
     return model, processor
 
 
+def training_dtype(cfg: TrainConfig):
+    """bfloat16 where ``--bf16`` says so, or (unset) by the rule inference uses: on a GPU that has it."""
+    from stmed.core.model import resolve_device, resolve_dtype
+
+    name = "auto" if cfg.bf16 is None else "bfloat16" if cfg.bf16 else "float32"
+    return resolve_dtype(name, resolve_device("auto"))
+
+
 def use_bf16(cfg: TrainConfig) -> bool:
     import torch
 
-    if cfg.bf16 is not None:
-        return cfg.bf16
-    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return training_dtype(cfg) == torch.bfloat16
 
 
 def trainer_kwargs(cfg: TrainConfig, gradient_checkpointing: bool) -> dict[str, Any]:
@@ -251,14 +252,8 @@ def trainer_kwargs(cfg: TrainConfig, gradient_checkpointing: bool) -> dict[str, 
         gradient_checkpointing_kwargs={"use_reentrant": False}, logging_steps=cfg.logging_steps,
         save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,
         report_to=[] if cfg.report_to == "none" else [cfg.report_to], remove_unused_columns=False,
-        disable_tqdm=True, dataloader_num_workers=0, use_cpu=not _cuda(),
+        disable_tqdm=True, dataloader_num_workers=0, use_cpu=not on_gpu(),
     )
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def prepare_outdir(cfg: TrainConfig) -> str | None:
@@ -312,15 +307,15 @@ def write_meta(cfg: TrainConfig, stage: str, data: dict[str, Any]) -> None:
             versions[pkg] = None
     meta = {"stage": stage, "stmed_version": stmed.__version__, "base_model": cfg.model,
             "config": asdict(cfg), "data": data, "versions": versions,
-            "processes": int(os.environ.get("WORLD_SIZE", "1"))}
+            "processes": world().size}
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "_meta.json", meta)
 
 
 def is_main_process() -> bool:
-    """Rank 0 of an accelerate launch / torchrun (RANK), or a process started alone."""
-    return int(os.environ.get("RANK", "0")) == 0
+    """Rank 0 of an accelerate launch / torchrun, or a process started alone (stmed.distributed.world)."""
+    return world().main
 
 
 def error_sink(cfg: TrainConfig):
@@ -344,18 +339,16 @@ def merge_adapter(cfg: TrainConfig) -> Path:
     The base is reloaded on the CPU in the main process, so this works the same after DDP,
     DeepSpeed ZeRO-3 or FSDP training, whose in-memory weights may be sharded.
     """
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoProcessor
+
+    from stmed.core.model import load_weights
 
     out = Path(cfg.output_dir)
-    dtype = torch.bfloat16 if use_bf16(cfg) else torch.float32
+    dtype = training_dtype(cfg)
     if cfg.full:  # the trained weights are the whole model already
-        merged = AutoModelForImageTextToText.from_pretrained(str(out), dtype=dtype)
+        merged = load_weights(str(out), dtype)
     else:
-        base = AutoModelForImageTextToText.from_pretrained(cfg.model, dtype=dtype,
-                                                           trust_remote_code=cfg.trust_remote_code)
-        merged = PeftModel.from_pretrained(base, str(out)).merge_and_unload()
+        merged = load_weights(cfg.model, dtype, trust_remote_code=cfg.trust_remote_code, adapter=str(out))
     target = out / "merged"
     merged.save_pretrained(target)
     AutoProcessor.from_pretrained(str(out), trust_remote_code=cfg.trust_remote_code).save_pretrained(target)

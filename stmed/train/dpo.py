@@ -11,16 +11,19 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
+from stmed.core.model import on_gpu
 from stmed.errors import InputError
-from stmed.records import ErrorSink
+from stmed.records import ErrorSink, file_sha256
 from stmed.train.common import (DPOConfig, leave_no_empty_outdir, load_for_training, load_processor, lora_config,
                                 prepare_outdir, say, trainer_kwargs, write_meta)
-from stmed.records import file_sha256
 from stmed.train.data import load_pairs, read_any
 
 # stmed's step reuses trl internals (FusedCausalLMOutput, DPOTrainer._compute_loss and its
 # precompute_ref_logps switch) that move between minor releases; pyproject.toml pins this range.
 TRL_NEEDED = ">=1.16,<1.17"
+# What the step hands trl's _compute_loss (pinned against the installed trl by tests/test_trl_contract.py).
+STAGED_INPUTS = ("input_ids", "completion_mask", "attention_mask", "ref_chosen_logps", "ref_rejected_logps")
+FUSED_FIELDS = ("loss", "log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1", "label_mask")
 
 
 def check_trl() -> None:
@@ -79,9 +82,11 @@ def trainer_class():
             with torch.no_grad(), self._ref_context():
                 ref_chosen, ref_rejected = pair_logps(ref_model, inputs, share_prefix=self.share_prefix).sums()
             zero = torch.zeros_like(policy.mask[:, :1])
-            fused = FusedCausalLMOutput(loss=None, log_probs=policy.log_probs, entropy=policy.entropy,
-                                        log_sum_sq_probs=policy.log_sum_sq_probs, mean_logits=policy.mean_logits,
-                                        is_top1=policy.is_top1, label_mask=policy.mask.bool())
+            outputs = dict(loss=None, log_probs=policy.log_probs, entropy=policy.entropy,
+                           log_sum_sq_probs=policy.log_sum_sq_probs, mean_logits=policy.mean_logits,
+                           is_top1=policy.is_top1, label_mask=policy.mask.bool())
+            assert tuple(outputs) == FUSED_FIELDS, "FUSED_FIELDS must name what the step fills"
+            fused = FusedCausalLMOutput(**outputs)
             b = inputs["prompt_input_ids"].shape[0]
             ids = inputs["completion_ids"].view(b, 2, -1).transpose(0, 1).reshape(2 * b, -1)  # [chosen; rejected]
             # trl's loss reads answers after a one-token shift; a leading zero column lines them up.
@@ -91,6 +96,7 @@ def trainer_class():
                 "attention_mask": torch.cat([inputs["prompt_attention_mask"].repeat(2, 1), policy.mask.long()], 1),
                 "ref_chosen_logps": ref_chosen, "ref_rejected_logps": ref_rejected,
             }
+            assert tuple(staged) == STAGED_INPUTS, "STAGED_INPUTS must name what the step hands trl"
             saved, self.precompute_ref_logps = self.precompute_ref_logps, True
             try:
                 return super()._compute_loss(_Fixed(fused), staged, return_outputs=False)
@@ -145,7 +151,7 @@ def run(cfg: DPOConfig) -> dict:
         say(cfg, f"{cfg.model} uses M-RoPE (3-D positions from the image grid): computing each answer with "
                  "its own prompt (trl's way) instead of sharing the prompt")
     checkpointing = bool(cfg.gradient_checkpointing) if cfg.gradient_checkpointing is not None else (
-        not share_prefix and _on_gpu())
+        not share_prefix and on_gpu())
     args = TrlDPOConfig(**trainer_kwargs(cfg, checkpointing), beta=cfg.beta, loss_type=list(cfg.loss),
                         loss_weights=cfg.loss_weights, max_length=cfg.max_length,
                         # keep LoRA's dropout (the paper's 0.05); the base model has no active dropout
@@ -184,9 +190,3 @@ def dry_run(cfg: DPOConfig) -> dict:
         kept = ids[mask.bool()].tolist()
         out[f"{name}_ids"], out[f"{name}_tokens"] = kept, tok.convert_ids_to_tokens(kept)
     return {"dry_run": out, "pairs": len(dataset), "rejected": errors.count}
-
-
-def _on_gpu() -> bool:
-    import torch
-
-    return torch.cuda.is_available()

@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from stmed.core.model import on_gpu
 from stmed.errors import InputError, RecordError
-from stmed.records import ErrorSink, RecordWriter
+from stmed.records import ErrorSink, RecordWriter, file_sha256
 from stmed.train.common import (SFTConfig, leave_no_empty_outdir, load_for_training, load_processor, prepare_outdir,
                                 say, trainer_kwargs, write_meta)
-from stmed.records import file_sha256
 from stmed.train.data import check_image, image_settings, read_any
 from stmed.train.sft_data import SFTCollator, parse_conversation
 
@@ -95,7 +95,7 @@ def run(cfg: SFTConfig) -> dict:
         def on_epoch_begin(self, args, state, control, **kwargs):
             collator.epoch = int(state.epoch or 0)
 
-    checkpointing = cfg.gradient_checkpointing if cfg.gradient_checkpointing is not None else _on_gpu()
+    checkpointing = cfg.gradient_checkpointing if cfg.gradient_checkpointing is not None else on_gpu()
     if checkpointing and hasattr(model, "enable_input_require_grads"):
         model.enable_input_require_grads()  # frozen embeddings + checkpointing need a grad-carrying input
     args = TrainingArguments(**trainer_kwargs(cfg, bool(checkpointing)))
@@ -135,9 +135,3 @@ def dry_run(cfg: SFTConfig) -> dict:
         segments[-1]["tokens"].append(tok.convert_ids_to_tokens(tid))
     return {"dry_run": {"id": dataset[0]["id"], "images": images, "segments": segments},
             "conversations": len(dataset), "rejected": errors.count}
-
-
-def _on_gpu() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
