@@ -68,6 +68,14 @@ def get(name: str, override: str | Path | None = None) -> Prompt:
     return BUILTIN[name]
 
 
+def file_option(name: str, builtin: bool = True):
+    """The parser of a ``--...-prompt FILE`` option: the file's prompt, or (no file) the built-in
+    one, or None where the prompt is optional (``builtin=False``)."""
+    if builtin:
+        return lambda path: get(name, path)
+    return lambda path: from_file(name, path) if path else None
+
+
 def vuser_context(description: str, system: Prompt = VUSER_SYSTEM, describe: Prompt = DESCRIBE) -> list[dict]:
     """The conversation after which the model, continuing as the user, asks its own question."""
     return [

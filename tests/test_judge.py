@@ -12,8 +12,8 @@ import pytest
 from judge_data import answer, make_records, read_jsonl
 from openai_server import serve
 from stmed.judge.cost import PRICES
-from stmed.judge.run import JudgeConfig
-from stmed.judge.session import judge_session
+from stmed.stages.judge import JudgeConfig, judge as judge_records
+from stmed.stages.runner import Files
 from stmed.records import read_records
 
 CANARY = "sk-canary-7f3e9a1c5d2b4e6f8a0b"
@@ -29,9 +29,8 @@ def judge(tmp_path: Path, srv, inp: Path, *, out="pairs.jsonl", cache=True, **cf
     options = dict(backend="openai", judge_model="gpt-4o", base_url=srv.base_url, timeout=0.5,
                    backoff_initial=0.02, max_request_seconds=20)
     options.update(cfg)
-    return judge_session(JudgeConfig(**options), read_records(inp), output=str(tmp_path / out), skipped=None,
-                         errors=None, overwrite=False, quiet=True, cache=tmp_path / "cache.sqlite" if cache else None,
-                         prices=dict(PRICES))
+    return judge_records(JudgeConfig(**options), read_records(inp), Files(str(tmp_path / out), quiet=True),
+                         cache=tmp_path / "cache.sqlite" if cache else None, prices=dict(PRICES))
 
 
 def outcomes(tmp_path: Path, out="pairs") -> tuple[list, list, list]:

@@ -11,8 +11,8 @@ from judge_data import make_records, read_jsonl
 from openai_server import serve
 from stmed.judge.batch import custom_id, read_outputs, write_request_files
 from stmed.judge.cost import PRICES
-from stmed.judge.run import JudgeConfig
-from stmed.judge.session import judge_session
+from stmed.stages.judge import JudgeConfig, judge as judge_records
+from stmed.stages.runner import Files
 from stmed.records import read_records
 
 SAME = ("id", "chosen", "rejected", "margin", "skip")
@@ -27,8 +27,8 @@ def _key(monkeypatch, tmp_path):
 def run(tmp_path: Path, srv, inp: Path, out: str, *, cache: Path | None = None, **cfg) -> int:
     options = dict(judge_model="gpt-4o", base_url=srv.base_url, poll_interval=0.05, timeout=5)
     options.update(cfg)
-    return judge_session(JudgeConfig(**options), read_records(inp), output=str(tmp_path / out), skipped=None,
-                         errors=None, overwrite=False, quiet=True, cache=cache, prices=dict(PRICES))
+    return judge_records(JudgeConfig(**options), read_records(inp), Files(str(tmp_path / out), quiet=True),
+                         cache=cache, prices=dict(PRICES))
 
 
 def comparable(path: Path) -> dict:

@@ -90,7 +90,7 @@ def test_prompt_layout_and_template_file(tmp_path):
 def test_stllava_export(tmp_path):
     import json
 
-    from stmed.judge.session import export_stllava
+    from stmed.judge.export import export_stllava
 
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text(json.dumps({"id": "a", "image": "x.jpg", "question": "Is it normal?", "chosen": "No, a mass.",

@@ -25,8 +25,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from judge_data import make_records, read_jsonl  # noqa: E402
 from openai_server import FAULTS, serve  # noqa: E402
 from stmed.judge.cost import PRICES  # noqa: E402
-from stmed.judge.run import JudgeConfig  # noqa: E402
-from stmed.judge.session import judge_session  # noqa: E402
+from stmed.stages.judge import JudgeConfig, judge as judge_records  # noqa: E402
+from stmed.stages.runner import Files  # noqa: E402  # noqa: E402
 from stmed.records import read_records  # noqa: E402
 
 
@@ -35,8 +35,7 @@ def judge(folder: Path, name: str, records, srv, concurrency: int) -> tuple[floa
                       backoff_initial=0.1, max_request_seconds=60)
     before = srv.stats.chat
     t = time.perf_counter()
-    judge_session(cfg, records, output=str(folder / f"{name}.jsonl"), skipped=None, errors=None, overwrite=True,
-                  quiet=True, cache=None, prices=dict(PRICES))
+    judge_records(cfg, records, Files(str(folder / f"{name}.jsonl"), overwrite=True, quiet=True), prices=dict(PRICES))
     return time.perf_counter() - t, srv.stats.chat - before
 
 

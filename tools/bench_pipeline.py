@@ -36,7 +36,7 @@ class FixedLength:
     """The real backend, with every sample forced to its stage's full length (a random model
     stops at random places otherwise, and tokens/s would compare different work)."""
 
-    name, continues_as_user = "hf", True
+    name = "hf"
 
     def __init__(self, loaded, batch_size: int, static: bool = False, share: bool = True):
         from stmed.core.generate import Generator
@@ -76,18 +76,16 @@ def image_records(n: int, image_size: int, workdir: Path):
 
 def stmed_pipeline(backend, records, n_questions: int, lengths: dict) -> tuple[float, int, int]:
     """(seconds, tokens generated, question records) for the real stage code."""
-    from stmed.records import ErrorSink
     from stmed.stages import answers, questions
 
-    sink = ErrorSink(None)
     backend.tokens = 0
     start = time.perf_counter()
     qcfg = questions.QuestionsConfig(n=n_questions, max_tries=1, describe_max_new_tokens=lengths["describe"],
                                      max_new_tokens=lengths["question"])
-    qs = list(questions.run(qcfg, backend, records, sink))
+    qs = [r for o in questions.run(qcfg, backend, records) for r in o.records if o.kind == "done"]
     sync()
     split = time.perf_counter()
-    list(answers.run(answers.AnswersConfig(max_new_tokens=lengths["answer"]), backend, qs, sink))
+    list(answers.run(answers.AnswersConfig(max_new_tokens=lengths["answer"]), backend, qs))
     sync()
     end = time.perf_counter()
     print(f"stmed stages: gen-questions {split - start:.1f}s, answer {end - split:.1f}s "

@@ -20,7 +20,7 @@ from stmed.images import encode_for_api
 
 class OpenAIBackend:
     name = "openai"
-    continues_as_user = False  # chat APIs only answer as the assistant
+    processor = None  # the server renders its own prompts; chat APIs only answer as the assistant
 
     def __init__(self, model: str, *, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
                  concurrency: int = 16, max_side: int = 1024, on_error: str = "raise", **client_options):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -10,27 +11,30 @@ import typer
 
 from stmed.cli import common as c
 from stmed.cli.app import app
+from stmed.core.model import ModelSpec
+from stmed.options import options
 
 
 @app.command("inspect")
 @c.command
+@options(ModelSpec)
 def inspect(
     image: Annotated[Path, typer.Argument(help="An image file: JPEG, PNG, TIFF, BMP, WebP or DICOM.")],
-    model: c.Model,
+    model: c.Model, spec: ModelSpec,
     question: Annotated[Optional[list[str]], typer.Option("-q", "--question", help="Ask this (repeatable).")] = None,
     n_questions: Annotated[int, typer.Option("-n", help="Questions the model asks itself.")] = 3,
     max_new_tokens: Annotated[int, typer.Option(help="Per answer and question.")] = 128,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a panel.")] = False,
-    adapter: c.Adapter = None, device: c.Device = "auto", dtype: c.DType = "auto", seed: c.Seed = 0,
-    trust_remote_code: c.TrustRemote = False, chat_template: c.ChatTemplate = None, max_pixels: c.MaxPixels = None,
+    seed: Annotated[int, typer.Option(help="Seed of the self-asked questions.")] = 0,
+    max_pixels: c.MaxPixels = None,
 ) -> int:
     """Show an image's facts, the model's description, its own questions and its answers."""
     from stmed.images import load_image
+    from stmed.registry import EngineOptions, open_engine
     from stmed.stages.inspect import inspect_image
 
     _, info = load_image(image)  # a bad image fails here, before the model loads
-    engine = c.make_backend("hf", c.ModelFlags(model, adapter, device, dtype, trust_remote_code, chat_template),
-                            batch_size=8)
+    engine = open_engine(EngineOptions(), replace(spec, model=model))
     result = inspect_image(engine, image, info, question or [], n_questions=n_questions, seed=seed,
                            max_new_tokens=max_new_tokens, max_pixels=max_pixels)
     if as_json:

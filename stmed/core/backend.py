@@ -1,20 +1,22 @@
-"""One interface for "a model that generates from (image, messages)".
+"""One interface for "a model that generates from (image, messages)": an engine.
 
 The in-process Hugging Face model and any OpenAI-compatible server implement it, so stages
-(questions, answers, evaluation, the local judge) never care which one runs.
+(questions, answers, evaluation, the local judge) never care which one runs. Engines are
+chosen by name from stmed.registry, which also says what each can do.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from stmed.core.generate import GenOutput, GenRequest, Generator, SamplingParams
 
 
 class Backend(Protocol):
-    name: str
-    continues_as_user: bool  # can it continue a conversation in the user's role (raw prompts)?
+    name: str  # its stmed.registry entry, which declares what it can do
+    processor: Any  # the local model's processor (chat template, tokenizer); None for a server
+    batch_size: int  # requests it works on at once: stages size their units of work by it
 
     def generate(self, requests: Sequence[GenRequest], params: SamplingParams) -> Iterator[tuple[int, GenOutput]]: ...
 
@@ -25,7 +27,6 @@ class HFBackend:
     """The shared core: a model loaded once in this process, batched generation."""
 
     name = "hf"
-    continues_as_user = True
 
     def __init__(self, spec, batch_size: int = 8, static_cache: bool = False, isolate_failures: bool = False):
         from stmed.core.model import load_model

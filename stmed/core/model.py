@@ -14,16 +14,20 @@ from pathlib import Path
 from typing import Any
 
 from stmed.errors import InputError, loading_model
+from stmed.options import opt
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    model: str
-    adapter: str | None = None
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    dtype: str = "auto"  # auto: bf16 on a GPU that has it, else float32
-    trust_remote_code: bool = False
-    chat_template: str | None = None  # --chat-template FILE: replaces the checkpoint's template
+    """A model to load, and how. Every field but ``model`` is also a flag of every command that
+    loads a model (``-m`` itself is each command's own: required, optional, or ``--judge-model``)."""
+
+    model: str = ""
+    adapter: str | None = opt(None, "peft adapter folder applied on the model.")
+    device: str = opt("auto", "auto | cpu | cuda | cuda:N")
+    dtype: str = opt("auto", "auto | bfloat16 | float16 | float32 (auto: bf16 on a GPU that has it).")
+    trust_remote_code: bool = opt(False, "Allow the model repo's own Python code.", flags="--trust-remote-code")
+    chat_template: str | None = opt(None, "Jinja chat template file (or a chat_template.json) replacing the model's own.")
 
 
 @dataclass

@@ -19,13 +19,17 @@ import sys
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from stmed.backends import ChatResult
 from stmed.backends.openai_client import api_key_from_env, describe, is_transient, redact, request_body
 from stmed.errors import InputError
 from stmed.judge.cost import JudgeStats
-from stmed.judge.run import JudgeConfig, Outcome, decide, judgement_from, orders, outcome, prepare_or_decide, request_for
+from stmed.judge.common import Outcome, decide, judgement_from, orders, outcome, prepare_or_decide, request_for
 from stmed.records import dumps, write_json
+
+if TYPE_CHECKING:
+    from stmed.stages.judge import JudgeConfig
 
 ENDPOINT = "/v1/chat/completions"
 TERMINAL = {"completed", "failed", "expired", "cancelled"}
@@ -147,12 +151,12 @@ def _finish(prep, plan: dict, replies: dict, cfg: JudgeConfig, stats: JudgeStats
         cid, key = item
         result, error = replies.get(cid, (None, f"no reply for {cid} in the batch output"))
         if result is None:
-            return Outcome("failed", prep.record, f"{prep.record.where}: {error}")
+            return Outcome.failed(prep.record, str(error))
         stats.requests += 1
         stats.usage.add(result.usage)
         j = judgement_from(order, result.text, "batch")
         if j is None:
-            return Outcome("failed", prep.record, f"{prep.record.where}: judge reply has no two scores", raw=[result.text])
+            return Outcome.failed(prep.record, "judge reply has no two scores", [result.text])
         cache.put(key, cfg.judge_model, result)
         judgements.append(j)
     return outcome(prep, decide(judgements, len(prep.answers), cfg.policy, cfg.min_margin), judgements, cfg, stats)

@@ -12,20 +12,24 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 
+from typing import TYPE_CHECKING
+
+from stmed.judge.common import Judgement, Outcome, decide, judgement_from, orders, outcome, prepare_or_decide
 from stmed.judge.cost import JudgeStats
-from stmed.judge.run import JudgeConfig, Judgement, Outcome, decide, judgement_from, orders, outcome, prepare_or_decide
 from stmed.judge.prompt import JudgePrompt
+
+if TYPE_CHECKING:
+    from stmed.stages.judge import JudgeConfig
 
 SEED = 0  # sampling judges (temperature > 0) draw from this seed, so a rerun gives the same verdicts
 
 
-def run_local(cfg: JudgeConfig, records: list, stats: JudgeStats) -> Iterator[Outcome]:
+def run_local(cfg: JudgeConfig, records: list, stats: JudgeStats, cache=None) -> Iterator[Outcome]:
+    """The hf engine (stmed.registry) as the judge; replies are not cached (a rerun is free)."""
     from stmed.core.backend import HFBackend
     from stmed.core.generate import GenRequest, SamplingParams, choice_logprobs
-    from stmed.core.model import ModelSpec
 
-    backend = HFBackend(ModelSpec(cfg.judge_model, cfg.adapter, cfg.device, cfg.dtype, cfg.trust_remote_code, cfg.chat_template),
-                        batch_size=cfg.batch_size)
+    backend = HFBackend(cfg.model_spec(), batch_size=cfg.batch_size)
     params = SamplingParams(max_new_tokens=cfg.max_tokens, temperature=cfg.temperature)
     seeds = [None] if params.greedy else [SEED]
     prompt: JudgePrompt = cfg.prompt

@@ -5,30 +5,38 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 from stmed import __version__
 from stmed.core.generate import GenRequest, SamplingParams
 from stmed.errors import InputError, RecordError
-from stmed.prompts import Prompt
-from stmed.records import ErrorSink, Record, require
+from stmed.options import MAX_PIXELS_HELP, ints, opt
+from stmed.prompts import Prompt, file_option
+from stmed.records import Record, require
 from stmed.stages.common import chunk_size, chunks, record_image
+from stmed.stages.runner import Outcome
 
 
 @dataclass
 class AnswersConfig:
-    n: int = 2  # paper: 2 sampled answers per question
-    seeds: tuple[int, ...] = (40, 42)  # paper: seeds 40 and 42
-    greedy: bool = False  # one deterministic answer instead
-    temperature: float = 1.2  # paper's answer sampling: T=1.2, top_k=100, top_p=0.95, <=1024 tokens
-    top_k: int = 100
-    top_p: float = 0.95
-    max_new_tokens: int = 1024
+    # STLLaVA-Med's answer sampling: 2 answers per question with seeds 40 and 42, T=1.2,
+    # top_k=100, top_p=0.95, up to 1024 tokens.
+    n: int = opt(2, "Answers per question (paper: 2).", flags="-n")
+    seeds: tuple[int, ...] = opt((40, 42), "One seed per answer (paper: 40,42).", type=str, parse=ints("--seeds"),
+                                 flag_default="40,42")
+    greedy: bool = opt(False, "One deterministic answer instead of samples.")
+    temperature: float = opt(1.2, "Sampling temperature (paper: 1.2).")
+    top_k: int = opt(100, "Top-k sampling (paper: 100).")
+    top_p: float = opt(0.95, "Nucleus sampling (paper: 0.95).")
+    max_new_tokens: int = opt(1024, "Per answer (paper: 1024).")
     chunk_size: int | None = None  # questions per unit of work; default: four full batches of samples
-    image_root: Path | None = None
-    pad_square: bool = False
-    max_pixels: int | None = None  # images downscaled to at most this many pixels (dynamic-resolution models)
-    system_prompt: Prompt | None = None
-    template: Prompt | None = None  # text with {question}; default: the question as is
+    image_root: Path | None = opt(None, "Folder that relative image paths resolve against.")
+    pad_square: bool = opt(False, "Pad images square with the mean colour (LLaVA's pad).")
+    max_pixels: int | None = opt(None, MAX_PIXELS_HELP, min=784)
+    system_prompt: Prompt | None = opt(None, "File with a system prompt.", type=Optional[Path],
+                                       parse=file_option("system", builtin=False))
+    template: Prompt | None = opt(None, "File with a prompt template containing {question}.", type=Optional[Path],
+                                  parse=file_option("template", builtin=False))  # default: the question as is
     sample_seeds: list[int | None] = field(init=False)
 
     def __post_init__(self):
@@ -71,7 +79,7 @@ class AnswersConfig:
 def rendered_hash(backend, messages: list[dict]) -> dict:
     """The hash of the prompt text this model's chat template renders for ``messages`` (a local
     model only: a served one renders its own): dpo refuses to train the answers under another."""
-    processor = getattr(backend, "processor", None)
+    processor = backend.processor
     if processor is None:
         return {}
     from stmed.core.chat import prompt_hash, render
@@ -79,13 +87,12 @@ def rendered_hash(backend, messages: list[dict]) -> dict:
     return {"rendered_sha256": prompt_hash(render(processor, messages, with_image=True))}
 
 
-def run(cfg: AnswersConfig, backend, records: list[Record], errors: ErrorSink,
-        done: set[str] = frozenset(), tracker=None) -> Iterator[Record]:
-    """Each question record with ``answers`` added, in input order."""
+def run(cfg: AnswersConfig, backend, records: list[Record]) -> Iterator[Outcome]:
+    """One Outcome per question record: the record with ``answers`` added, in input order."""
     meta = {**backend.describe(), **cfg.sampling().record(), "stmed": __version__,
             "prompts": {p.name: p.version for p in (cfg.system_prompt, cfg.template) if p is not None}}
     size = chunk_size(cfg.chunk_size, backend, len(cfg.sample_seeds))
-    for chunk in chunks((r for r in records if r["id"] not in done), size):
+    for chunk in chunks(records, size):
         ready: list[tuple[Record, GenRequest]] = []
         for rec in chunk:
             try:
@@ -94,19 +101,13 @@ def run(cfg: AnswersConfig, backend, records: list[Record], errors: ErrorSink,
                                               record_image(rec, cfg.image_root, cfg.pad_square, cfg.max_pixels),
                                               seeds=cfg.sample_seeds)))
             except RecordError as e:
-                errors.add(rec, str(e))
-                if tracker:
-                    tracker.advance(kind="failed")
+                yield Outcome.failed(rec, str(e))
         outputs = dict(backend.generate([req for _, req in ready], cfg.sampling()))
         for j, (rec, req) in enumerate(ready):
             out = outputs[j]
             if isinstance(out, Exception):  # failed after its retries (remote) or in the model (this input)
-                errors.add(rec, f"{rec.where}: {out}")
-                if tracker:
-                    tracker.advance(kind="failed")
+                yield Outcome.failed(rec, str(out))
                 continue
             answers = [{"text": t, "seed": s} for t, s in zip(out.texts, req.seeds)]
-            if tracker:
-                tracker.advance(tokens=out.total_tokens)
-            yield rec.derive(answers=answers, answer_gen=meta,
-                             answer_prompt={**cfg.prompt_record(req.messages), **rendered_hash(backend, req.messages)})
+            yield Outcome.done(rec.derive(answers=answers, answer_gen=meta, answer_prompt={
+                **cfg.prompt_record(req.messages), **rendered_hash(backend, req.messages)}), tokens=out.total_tokens)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from stmed.errors import RecordError
-from stmed.records import ErrorSink, Record
+from stmed.records import Record
 from stmed.stages import answers, questions
 
 
@@ -15,22 +15,29 @@ def inspect_image(backend, path: Path, info, asked: list[str], *, n_questions: i
     """``info``: the ImageInfo from opening ``path`` (done before the model loads, so a bad image
     is an input error that costs no model time)."""
     rec = Record.at({"id": path.name, "image": str(path.resolve())}, str(path), path.resolve().parent)
-    sink = ErrorSink(None)
     qcfg = questions.QuestionsConfig(n=n_questions, seed=seed, max_new_tokens=max_new_tokens,
                                      describe_max_new_tokens=max_new_tokens * 2, max_pixels=max_pixels)
-    qs = list(questions.run(qcfg, backend, [rec], sink)) if n_questions else []
+    qs = _records(questions.run(qcfg, backend, [rec]), path) if n_questions else []
     description = qs[0]["description"] if qs else _describe(backend, rec, max_new_tokens * 2, max_pixels)
     items = [rec.derive(id=f"ask{k}", question=q) for k, q in enumerate(asked)]
     items += [rec.derive(id=q["id"], question=q["question"], self_asked=True) for q in qs]
     acfg = answers.AnswersConfig(greedy=True, max_new_tokens=max_new_tokens, max_pixels=max_pixels)
-    answered = list(answers.run(acfg, backend, items, sink))
-    if sink.count:
-        raise RecordError(f"{path}: the model could not process this image")
+    answered = _records(answers.run(acfg, backend, items), path)
     return {
         "image": str(path), "facts": info.to_dict(), "model": backend.describe(), "description": description,
         "qa": [{"question": a["question"], "answer": a["answers"][0]["text"], "self_asked": bool(a.get("self_asked"))}
                for a in answered],
     }
+
+
+def _records(outcomes, path: Path) -> list[Record]:
+    """Every record the stage made; a failure is this one image's error."""
+    out = []
+    for o in outcomes:
+        if o.kind == "failed":
+            raise RecordError(f"{path}: the model could not process this image")
+        out.extend(o.records)
+    return out
 
 
 def _describe(backend, rec: Record, max_new_tokens: int, max_pixels: int | None) -> str:

@@ -10,37 +10,45 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
-from stmed import __version__, prompts
+from stmed import __version__, prompts, registry
 from stmed.core.generate import GenRequest, SamplingParams
 from stmed.errors import InputError, RecordError
 from stmed.images import list_images
-from stmed.records import ErrorSink, Record
+from stmed.options import MAX_PIXELS_HELP, opt
+from stmed.records import Record
 from stmed.stages.common import chunk_size, chunks, record_image, seed_for
+from stmed.stages.runner import Outcome
 
 STRATEGIES = ("vuser", "instruct")
 
 
 @dataclass
 class QuestionsConfig:
-    n: int = 5  # paper: 5 questions per image
-    strategy: str = "vuser"  # paper: the model continues in the user's role
-    temperature: float = 1.2  # paper's question sampling: T=1.2, top_k=300, top_p=0.95, <=300 tokens
-    top_k: int = 300
-    top_p: float = 0.95
-    max_new_tokens: int = 300
-    describe_max_new_tokens: int = 512  # turn 1, greedy as in the paper
-    seed: int = 0
-    max_tries: int = 3  # sampling rounds to replace empty or duplicate questions
+    # STLLaVA-Med's question sampling (its gen-questions script): 5 per image, T=1.2, top_k=300,
+    # top_p=0.95, up to 300 tokens, after a greedy description; the model continues as the user.
+    n: int = opt(5, "Questions per image (paper: 5).", flags="-n")
+    strategy: str = opt("vuser", "vuser (continue in the user's role, the paper's) | instruct.")
+    temperature: float = opt(1.2, "Sampling temperature (paper: 1.2).")
+    top_k: int = opt(300, "Top-k sampling (paper: 300).")
+    top_p: float = opt(0.95, "Nucleus sampling (paper: 0.95).")
+    max_new_tokens: int = opt(300, "Per question (paper: 300).")
+    describe_max_new_tokens: int = opt(512, "For the greedy description (turn 1).")
+    seed: int = opt(0, "Base seed; every sample records its own seed.")
+    max_tries: int = opt(3, "Sampling rounds to replace empty/duplicate questions.")
     chunk_size: int | None = None  # images per unit of work; default: four full description batches
-    image_root: Path | None = None
-    pad_square: bool = False
-    max_pixels: int | None = None  # images downscaled to at most this many pixels (dynamic-resolution models)
-    system_prompt: prompts.Prompt = field(default_factory=lambda: prompts.VUSER_SYSTEM)
-    describe_prompt: prompts.Prompt = field(default_factory=lambda: prompts.DESCRIBE)
-    ask_prompt: prompts.Prompt = field(default_factory=lambda: prompts.INSTRUCT_ASK)
+    image_root: Path | None = opt(None, "Folder that relative image paths resolve against.")
+    pad_square: bool = opt(False, "Pad images square with the mean colour (LLaVA's pad).")
+    max_pixels: int | None = opt(None, MAX_PIXELS_HELP, min=784)
+    system_prompt: prompts.Prompt = opt(help="File replacing the virtual-user system prompt.", factory=lambda: prompts.VUSER_SYSTEM,
+                                        type=Optional[Path], parse=prompts.file_option("vuser-system"), flag_default=None)
+    describe_prompt: prompts.Prompt = opt(help="File replacing the description prompt.", factory=lambda: prompts.DESCRIBE,
+                                          type=Optional[Path], parse=prompts.file_option("describe"), flag_default=None)
+    ask_prompt: prompts.Prompt = opt(help="File replacing the instruct strategy's request.", factory=lambda: prompts.INSTRUCT_ASK,
+                                     type=Optional[Path], parse=prompts.file_option("instruct-ask"), flag_default=None)
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
@@ -87,31 +95,34 @@ def normalise(text: str) -> str:
     return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
 
 
-def run(cfg: QuestionsConfig, backend, records: list[Record], errors: ErrorSink,
-        done: set[str] = frozenset(), tracker=None) -> Iterator[Record]:
-    """Question records (DESIGN.md section 3), in input order, skipping ids already in ``done``."""
-    if cfg.strategy == "vuser" and not backend.continues_as_user:
-        raise InputError("--strategy vuser needs raw prompt continuation, which the openai backend "
-                         "cannot do; use --strategy instruct with --backend openai")
+def check(cfg: QuestionsConfig, backend: str) -> None:
+    """What the strategy needs of the engine, before any output is opened."""
+    if cfg.strategy == "vuser":
+        registry.require(registry.lookup(backend), "continues_as_user", "--strategy vuser", "use --strategy instruct")
+
+
+def pending(cfg: QuestionsConfig, records: list[Record], done: set[str]) -> list[Record]:
+    """The images with a question not in the output yet (the unit of this stage is the image)."""
+    return [r for r in records if not all(f"{r['id']}:q{k}" in done for k in range(cfg.n))]
+
+
+def run(cfg: QuestionsConfig, backend, records: list[Record]) -> Iterator[Outcome]:
+    """One Outcome per image: its question records (DESIGN.md section 3), in input order."""
+    check(cfg, backend.name)
     from stmed.core.chat import role_markers
 
-    markers = role_markers(backend.processor) if hasattr(backend, "processor") else []
-    todo = [r for r in records if not all(f"{r['id']}:q{k}" in done for k in range(cfg.n))]
-    if tracker:
-        tracker.counts["skipped"] = len(records) - len(todo)  # images, the unit this stage counts
-    for chunk in chunks(todo, chunk_size(cfg.chunk_size, backend)):
-        yield from _run_chunk(cfg, backend, chunk, errors, done, markers, tracker)
+    markers = role_markers(backend.processor) if backend.processor is not None else []
+    for chunk in chunks(records, chunk_size(cfg.chunk_size, backend)):
+        yield from _run_chunk(cfg, backend, chunk, markers)
 
 
-def _run_chunk(cfg, backend, chunk, errors, done, markers, tracker) -> Iterator[Record]:
+def _run_chunk(cfg, backend, chunk, markers) -> Iterator[Outcome]:
     images: dict[int, object] = {}
     for i, rec in enumerate(chunk):
         try:
             images[i] = record_image(rec, cfg.image_root, cfg.pad_square, cfg.max_pixels)
         except RecordError as e:
-            errors.add(rec, str(e))
-            if tracker:
-                tracker.advance(kind="failed")
+            yield Outcome.failed(rec, str(e))
     order = sorted(images)
     describe_ctx = [{"role": "user", "content": cfg.describe_prompt.text}]
     if cfg.strategy == "vuser":
@@ -122,7 +133,7 @@ def _run_chunk(cfg, backend, chunk, errors, done, markers, tracker) -> Iterator[
     tokens = 0
     for j, out in backend.generate(reqs, greedy):
         if isinstance(out, Exception):  # failed after its retries (remote) or in the model (this input)
-            errors.add(chunk[order[j]], f"{chunk[order[j]].where}: {out}")
+            yield Outcome.failed(chunk[order[j]], str(out))
             continue
         descriptions[order[j]] = out.texts[0]
         tokens += out.total_tokens
@@ -159,19 +170,12 @@ def _run_chunk(cfg, backend, chunk, errors, done, markers, tracker) -> Iterator[
     for i in order:
         rec = chunk[i]
         if not found[i]:
-            errors.add(rec, f"{rec.where}: no usable question after {cfg.max_tries} tries ({dropped[i]} dropped)")
-            if tracker:
-                tracker.advance(kind="failed")
+            yield Outcome.failed(rec, f"no usable question after {cfg.max_tries} tries ({dropped[i]} dropped)")
             continue
-        for k, (q, seed) in enumerate(found[i][: cfg.n]):
-            qid = f"{rec['id']}:q{k}"
-            if qid in done:
-                continue
-            yield rec.derive(id=qid, image_id=rec["id"], question=q, description=descriptions[i],
-                             gen=_gen_record(cfg, backend, seed, dropped[i]))
-        if tracker:
-            tracker.advance(tokens=tokens)
-            tokens = 0
+        yield Outcome.done(*(rec.derive(id=f"{rec['id']}:q{k}", image_id=rec["id"], question=q,
+                                        description=descriptions[i], gen=_gen_record(cfg, backend, seed, dropped[i]))
+                             for k, (q, seed) in enumerate(found[i][: cfg.n])), tokens=tokens)
+        tokens = 0
 
 
 def _ask_request(cfg: QuestionsConfig, description: str, image, seeds: list[int]) -> GenRequest:

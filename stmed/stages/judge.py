@@ -1,0 +1,155 @@
+"""judge: sampled answers in, preference pairs out.
+
+``run(cfg, records)`` yields one Outcome per record: a pair (done), a skip (a tie, verdicts that
+disagree across answer orders, a margin below ``--min-margin``, identical answers) or a failure.
+The backend (stmed.registry: ``openai``, ``batch``, or ``local``, the hf engine as a judge)
+asks; the shared policy code (judge.verdict) decides. ``judge`` runs it through the one stage
+runner: every input record ends in exactly one place (the pairs output, the skipped file with
+its reason, or the errors file); resume skips the ids already in pairs or skipped, failures are
+retried, so the errors file always lists the latest run's failures.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Optional
+
+from stmed import registry
+from stmed.registry import API_KEY_ENV, BASE_URL_HELP, CONCURRENCY
+from stmed.backends import Usage
+from stmed.core.model import ModelSpec
+from stmed.errors import InputError
+from stmed.judge.cost import JudgeStats
+from stmed.judge.prompt import JudgePrompt
+from stmed.judge.verdict import POLICIES
+from stmed.options import MAX_PIXELS_HELP, opt
+from stmed.records import STDIO, sibling_path
+from stmed.stages.runner import Files, Outcome, run_stage, sum_figures
+
+
+@dataclass
+class JudgeConfig:
+    backend: str = opt("openai", "openai (any OpenAI-compatible server) | batch (OpenAI Batch API) | local (a VLM here).")
+    judge_model: str = opt("gpt-4o", "Served model name, or for local a HF id or folder (paper: gpt-4o).",
+                           flags="--judge-model")
+    base_url: str | None = opt(None, BASE_URL_HELP)  # None is api.openai.com
+    api_key_env: str = opt(API_KEY_ENV, "Environment variable holding the API key.")
+    concurrency: int = opt(CONCURRENCY, "Requests in flight.", min=1)
+    policy: str = opt("swap", "swap: judge both orders, keep agreeing pairs | paper: the original single-order rule.")
+    min_margin: float = opt(1.0, "swap: averaged score gap (1-10 scale) a pair needs.")
+    temperature: float = opt(0.2, "Judge temperature (paper: 0.2).")
+    max_tokens: int = opt(300, "Judge reply length limit (two scores and a short reason).")
+    max_side: int = opt(1024, "Longest image side sent to the judge, in pixels.")
+    # auto: ask for JSON (response_format) from api.openai.com only
+    json_mode: str = opt("auto", "Ask for JSON via response_format: auto (api.openai.com only) | on | off.", flags="--json")
+    prompt_file: str | None = opt(None, "Template replacing the judge prompt ({question}, {answer_1}, {answer_2}).",
+                                  type=Optional[Path], parse=lambda p: str(p) if p else None)
+    image_root: Path | None = opt(None, "Folder that relative image paths resolve against.")
+    timeout: float = opt(120.0, "Seconds for one HTTP attempt.")
+    max_request_seconds: float = opt(600.0, "Seconds for all retries of one request.", flags="--max-request-time")
+    backoff_initial: float = 1.0
+    # local backend: the judge model's loading flags (adapter, device, dtype, ...) are the shared model flags
+    local: ModelSpec = field(default_factory=ModelSpec)
+    batch_size: int = opt(8, "local: generation batch size (halved on out-of-memory).", min=1)
+    max_pixels: int | None = opt(None, MAX_PIXELS_HELP, min=784)
+    # batch backend
+    batch_dir: Path | None = opt(None, "batch: folder for request/output files (default OUTPUT.batch/).")
+    prepare_only: bool = opt(False, "batch: write request files and stop (for vllm run-batch).", flags="--prepare-only")
+    collect: list[str] = opt(help="batch: build pairs from this Batch output file (repeatable).", factory=list,
+                             type=Optional[list[Path]], parse=lambda ps: [str(p) for p in ps or []], flag_default=None)
+    poll_interval: float = opt(30.0, "batch: seconds between status polls.")
+    max_batch_requests: int = 50_000  # OpenAI's per-file limit
+    max_batch_bytes: int = 190 * 1024 * 1024  # under OpenAI's 200 MB file limit
+
+    def __post_init__(self) -> None:
+        registry.lookup(self.backend, registry.JUDGE)  # an unknown name: one line with "did you mean"
+        if self.policy not in POLICIES:
+            raise InputError(f"--policy {self.policy!r}: expected one of {', '.join(POLICIES)}")
+        if self.json_mode not in ("auto", "on", "off"):
+            raise InputError(f"--json {self.json_mode!r}: expected auto, on or off")
+        if self.min_margin < 0:
+            raise InputError("--min-margin must be 0 or more")
+        self.prompt = JudgePrompt.from_file(self.prompt_file) if self.prompt_file else JudgePrompt()
+
+    @property
+    def use_json(self) -> bool:
+        if registry.lookup(self.backend, registry.JUDGE).name == "hf":  # a local model reads plain text
+            return False
+        return self.json_mode == "on" or (self.json_mode == "auto" and self.base_url is None)
+
+    def model_spec(self) -> ModelSpec:
+        """The local judge model, loaded by the hf engine like any other model."""
+        return replace(self.local, model=self.judge_model)
+
+    def describe(self) -> dict:
+        """The settings recorded in every output and in _meta (no secrets: the key is never here)."""
+        return {"model": self.judge_model, "prompt_version": self.prompt.version, "policy": self.policy,
+                "min_margin": self.min_margin, "temperature": self.temperature, "backend": self.backend}
+
+
+def run(cfg: JudgeConfig, records: list, stats: JudgeStats | None = None, *, cache=None) -> Iterator[Outcome]:
+    """Judge ``records`` with ``cfg.backend``; every one comes out exactly once."""
+    stats = stats if stats is not None else JudgeStats()
+    if cache is None:
+        from stmed.judge.cache import NoCache
+
+        cache = NoCache()
+    yield from registry.lookup(cfg.backend, registry.JUDGE).load(registry.JUDGE)(cfg, records, stats, cache)
+
+
+def judge(cfg: JudgeConfig, records: list, files: Files, *, cache=None, prices: dict | None = None,
+          export: str | None = None) -> int:
+    """Judge ``records`` into ``files`` (pairs, skipped, errors, OUTPUT.meta.json); the exit code."""
+    if files.skipped is None:
+        files.skipped = sibling_path(files.output, ".skipped.jsonl")
+    if cfg.backend == "batch" and cfg.batch_dir is None:
+        cfg.batch_dir = sibling_path(files.output, ".batch") or Path("stmed-judge.batch")
+    from stmed.distributed import world
+
+    if world().active and cfg.backend == "batch":
+        raise InputError("--backend batch runs as one process (the Batch API does the scaling); start it without a launcher")
+    prices = prices or {}
+    store, stats, started = _open_cache(cache), JudgeStats(), time.perf_counter()
+    try:
+        result = run_stage("judge", lambda todo: run(cfg, todo, stats, cache=store), records, files,
+                           figures=stats.to_dict, progress=lambda t: _progress(t, stats, cfg, prices, started),
+                           meta=None if cfg.prepare_only else lambda counts, infos, s: _meta(cfg, prices, counts, infos, s),
+                           resumed="resumed")
+    finally:
+        if store is not None:
+            store.close()
+    if result.main and export == "stllava" and not cfg.prepare_only and files.output not in (None, STDIO):
+        from stmed.judge.export import export_stllava
+
+        export_stllava(Path(files.output), sibling_path(files.output, ".stllava.json"))
+    return result.code
+
+
+def _open_cache(cache):
+    if cache is None:
+        return None
+    from stmed.judge.cache import ReplyCache, default_cache_path
+
+    return ReplyCache(default_cache_path() if cache == "default" else cache)
+
+
+def _progress(tracker, stats: JudgeStats, cfg: JudgeConfig, prices: dict, started: float) -> None:
+    seconds = max(time.perf_counter() - started, 1e-9)
+    cost = stats.cost(cfg.judge_model, prices, batch=cfg.backend == "batch")
+    tracker.extra = {
+        "requests": f"{stats.requests} ({stats.requests / seconds:.1f}/s, {stats.cache_hits} cached)",
+        "tokens": f"{stats.usage.prompt_tokens:,} in / {stats.usage.completion_tokens:,} out",
+        "cost": "n/a (no price for this model)" if cost is None else f"~${cost:.4f}",
+    }
+
+
+def _meta(cfg: JudgeConfig, prices: dict, counts: dict, infos: list[dict], seconds: float) -> dict:
+    """This run's settings and spend, summed over every process (the key is never part of cfg.describe)."""
+    stats = sum_figures(infos)
+    usage = JudgeStats(usage=Usage(stats.get("prompt_tokens", 0), stats.get("completion_tokens", 0)))
+    cost = usage.cost(cfg.judge_model, prices, batch=cfg.backend == "batch")
+    return {"judge": cfg.describe(), "counts": dict(counts), "stats": stats,
+            "cost_usd": None if cost is None else round(cost, 6), "seconds": round(seconds, 2)}
