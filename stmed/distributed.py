@@ -88,7 +88,14 @@ def part_path(path: str | Path, rank: int, size: int) -> Path:
 
 
 def _group(w: World):
+    # torch.distributed.nn binds group.WORLD as a default argument of its functions when it is first
+    # imported, and torch._dynamo imports it (transformers loads dynamo with the model, which the
+    # local judge does after this meeting). Imported after init_process_group it would hold the
+    # group past destroy_process_group, so gloo's worker threads would outlive the run, and one of
+    # them, freeing the last collective's tensors once interpreter teardown has begun, aborts the
+    # finished process ("terminate called without an active exception"). Imported first, it binds None.
     import torch.distributed as dist
+    import torch.distributed.nn  # noqa: F401
 
     if not dist.is_initialized():
         dist.init_process_group("gloo", rank=w.rank, world_size=w.size, timeout=timedelta(seconds=WAIT_SECONDS))

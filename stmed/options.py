@@ -158,6 +158,7 @@ def options(*classes) -> Callable:
         # parameters without a default first: a Python signature cannot put one after a default
         params.sort(key=lambda p: p.default is not inspect.Parameter.empty)
         wrapper.__signature__ = sig.replace(parameters=[_with_hint(p, hints) for p in params])
+        wrapper.__stmed_options__ = classes  # which configs made its flags (tests/test_architecture.py)
         return wrapper
 
     return decorate

@@ -493,3 +493,36 @@ def test_selftrain_under_a_launcher(tiny_model, tmp_path):
     assert json.loads((r1 / "dpo" / "_meta.json").read_text())["processes"] == 2
     assert (r1 / "dpo" / "merged" / "config.json").exists()
     assert not list(r1.glob("*.part-*")), "parts merged and removed"
+
+
+TEARDOWN_PROBE = """
+import json, os, sys, weakref
+import torch.distributed as dist
+from stmed.distributed import Parts, world
+
+parts = Parts(world(), [sys.argv[1]], None, overwrite=True)
+group = weakref.ref(dist.group.WORLD)
+import torch._dynamo  # noqa: E402,F401 - what loading the judge's model does after the first meeting
+parts.finish(0)
+threads = sorted(open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")) \\
+    if os.path.isdir("/proc/self/task") else []
+print(json.dumps({"group_alive": group() is not None, "threads": threads}))
+"""
+
+
+def test_the_group_and_its_threads_are_gone_after_the_last_meeting(tmp_path):
+    """destroy_process_group frees the gloo group, whatever was imported after it was made: a group
+    kept alive (torch.distributed.nn binds group.WORLD as a default argument when first imported)
+    keeps gloo's worker threads into interpreter teardown, where one aborts a finished process."""
+    port = str(free_port())
+    env = {**os.environ, **ENV, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    procs = [subprocess.Popen([sys.executable, "-c", TEARDOWN_PROBE, str(tmp_path / "out.jsonl")], cwd=ROOT, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              env={**env, "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": "2",
+                                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}) for r in (0, 1)]
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err[-3000:]
+        got = json.loads(out.strip().splitlines()[-1])
+        assert not got["group_alive"], "destroy_process_group left the gloo group alive"
+        assert not [t for t in got["threads"] if "gloo" in t], f"gloo threads outlive the group: {got['threads']}"

@@ -10,7 +10,6 @@ LLaVA-NeXT and Gemma 3), with the dynamic and the static KV cache.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import pytest
 

@@ -7,7 +7,6 @@ flags declared here (-m, the input argument, --limit, --shard) read the same eve
 from __future__ import annotations
 
 import functools
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -43,18 +42,7 @@ def command(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        code = _exit_code(fn, args, kwargs)
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            # One of a launcher's processes, its work written and merged: leave now. Interpreter
-            # teardown after torch.distributed can abort a finished process ("terminate called
-            # without an active exception"), which the launcher reports as the run's failure.
-            for stream in (sys.stdout, sys.stderr):
-                try:
-                    stream.flush()
-                except (OSError, ValueError):
-                    pass
-            os._exit(code)
-        raise typer.Exit(code)
+        raise typer.Exit(_exit_code(fn, args, kwargs))
 
     return wrapper
 
@@ -122,6 +110,4 @@ def run(name: str, stage, cfg, engine, records: list, files: Files, **kwargs) ->
     """A stage module's ``run(cfg, engine, records)`` through the one runner; the exit code."""
     from stmed.stages.runner import run_stage
 
-    if hasattr(stage, "pending"):
-        kwargs["pending"] = lambda recs, done: stage.pending(cfg, recs, done)
     return run_stage(name, lambda todo: stage.run(cfg, engine, todo), records, files, **kwargs).code

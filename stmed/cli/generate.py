@@ -32,7 +32,8 @@ def gen_questions(
     questions.check(cfg, engine.backend)
     records = c.select(c.open_input(input, folder_ok=True, nonempty=True), shard=shard, limit=limit)
     backend = open_engine(engine, replace(spec, model=model))
-    return c.run("gen-questions", questions, cfg, backend, records, files, unit="images")
+    return c.run("gen-questions", questions, cfg, backend, records, files, unit="images",
+                 pending=lambda recs, done: questions.pending(cfg, recs, done))
 
 
 @app.command("answer")

@@ -52,7 +52,6 @@ def shared(loaded, enc, rows, cache=None) -> dict[str, Any]:
     """``generate`` inputs for the batch: ``enc`` holds the distinct prompts, ``rows`` the
     distinct prompt of each batch row. ``cache`` is a static cache to fill (already reset), or
     None for a dynamic one."""
-    import torch
     from transformers import DynamicCache
 
     model = loaded.model

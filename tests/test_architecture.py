@@ -1,0 +1,124 @@
+"""The shape of the code, checked: no import circles, every stage flag generated from its config
+field (one default, one help), one registry of engines and judge backends."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+
+import pytest
+import typer
+
+from conftest import ROOT
+from stmed.cli import app
+from stmed.errors import InputError
+from stmed.options import build, flag_default, option_fields, options
+from stmed.stages.answers import AnswersConfig
+
+PACKAGE = ROOT / "stmed"
+
+
+def _imports() -> dict[str, set[str]]:
+    """stmed module -> the stmed modules it imports, at the top or inside a function."""
+    mods = {}
+    for p in PACKAGE.rglob("*.py"):
+        name = ".".join(p.relative_to(ROOT).with_suffix("").parts)
+        mods[name.removesuffix(".__init__")] = p
+    graph = {m: set() for m in mods}
+    for m, p in mods.items():
+        for node in ast.walk(ast.parse(p.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module in mods:
+                graph[m] |= {f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in mods else node.module
+                             for a in node.names}
+            elif isinstance(node, ast.Import):
+                graph[m] |= {a.name for a in node.names if a.name in mods}
+        graph[m].discard(m)
+    return graph
+
+
+def test_no_import_circles():
+    graph = _imports()
+    state: dict[str, int] = {}  # 1: on the current path, 2: finished
+
+    def visit(m: str, path: list[str]) -> None:
+        state[m] = 1
+        for n in sorted(graph[m]):
+            assert state.get(n) != 1, f"import circle: {' -> '.join(path[path.index(n):] + [n]) if n in path else n}"
+            if n not in state:
+                visit(n, path + [n])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+
+
+def _commands():
+    return {info.name: info.callback for info in app.registered_commands}
+
+
+@pytest.mark.parametrize("name", ["gen-questions", "answer", "judge", "eval", "inspect"])
+def test_every_stage_flag_is_its_config_field(name):
+    """The flag's default, parsed as the command parses it, is the field's default; its help is the field's."""
+    callback = _commands()[name]
+    click_cmd = typer.main.get_command(app).commands[name]
+    params = {p.name: p for p in click_cmd.params}
+    classes = callback.__stmed_options__
+    assert classes, f"{name} generates no option from a config"
+    for cls in classes:
+        for f, option, _ in option_fields(cls):
+            assert f.name in params, f"{name}: {cls.__name__}.{f.name} has no flag"
+            p = params[f.name]
+            assert p.help == option.help, f"{name} --{f.name}: help differs from {cls.__name__}.{f.name}'s"
+            default = flag_default(f, option)
+            assert p.default == default or (p.default in (None, ()) and default in (None, ())), \
+                f"{name} --{f.name}: default {p.default!r} is not {cls.__name__}'s {default!r}"
+        instance = cls()  # built from the flags' defaults, it equals the config's own defaults
+        flags = {f.name: flag_default(f, o) for f, o, _ in option_fields(cls)}
+        assert build(cls, flags) == instance, f"{name}: the defaults of {cls.__name__}'s flags make another config"
+
+
+def test_a_command_cannot_declare_a_config_flag_twice():
+    with pytest.raises(AssertionError, match="declared twice"):
+        @options(AnswersConfig)
+        def twice(cfg: AnswersConfig, n: int = 3):  # -n is AnswersConfig.n's
+            return n
+
+
+def test_registry_names_and_capabilities():
+    from stmed import registry
+
+    assert registry.lookup("hf").continues_as_user and registry.lookup("hf").logprobs
+    assert not registry.lookup("openai").continues_as_user
+    assert registry.lookup("local", registry.JUDGE) is registry.lookup("hf", registry.JUDGE)
+    assert set(registry.names(registry.JUDGE)) == {"hf", "openai", "batch", "local"}
+    with pytest.raises(InputError, match=r"--backend 'opnai': unknown \(did you mean 'openai'\?\)"):
+        registry.lookup("opnai")
+    with pytest.raises(InputError, match="--backend batch: .* cannot generate answers; choose from hf, openai"):
+        registry.lookup("batch")
+    with pytest.raises(InputError, match="--strategy vuser needs raw prompt continuation, which --backend openai"):
+        registry.require(registry.lookup("openai"), "continues_as_user", "--strategy vuser")
+
+
+def test_stage_help_imports_neither_torch_nor_transformers():
+    code = ("import sys\nfrom typer.testing import CliRunner\nfrom stmed.cli import app\n"
+            "for cmd in ('gen-questions', 'answer', 'judge', 'eval', 'dpo', 'sft', 'inspect'):\n"
+            "    assert CliRunner().invoke(app, [cmd, '--help']).exit_code == 0, cmd\n"
+            "print('torch' in sys.modules, 'transformers' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "False"], "--help must not import torch or transformers"
+
+
+def test_unknown_backend_and_vuser_on_a_server_are_one_line_before_any_output(tmp_path, tiny_model):
+    from conftest import run_stmed
+
+    inp = tmp_path / "q.jsonl"
+    inp.write_text('{"id": "a", "image": "x.png"}\n')
+    out = tmp_path / "out.jsonl"
+    r = run_stmed("gen-questions", inp, "-m", "served", "--backend", "openai", "-o", out)
+    assert r.returncode == 2 and "--strategy vuser needs raw prompt continuation, which --backend openai" in r.stderr
+    r = run_stmed("answer", inp, "-m", str(tiny_model), "--backend", "hff", "-o", out)
+    assert r.returncode == 2 and "did you mean 'hf'" in r.stderr and r.stderr.count("\n") == 1
+    assert not out.exists(), "a bad flag stops before any output is written"
