@@ -139,7 +139,7 @@ def options(*classes) -> Callable:
         slots = {name: hints[name] for name in sig.parameters if hints.get(name) in classes}
         assert len(slots) == len(classes), f"{fn.__name__} needs one parameter annotated with each of {classes}"
         own = [p for name, p in sig.parameters.items() if name not in slots]
-        taken = {p.name for p in own}
+        taken = set(sig.parameters)
         generated = []
         for cls in classes:
             for p in parameters(cls):

@@ -43,12 +43,14 @@ ENTRIES = {e.name: e for e in (
     Entry("hf", "a model loaded in this process (transformers): every family, exact tokens, CPU or GPU",
           engine="stmed.core.backend:HFBackend", judge="stmed.judge.local:run_local",
           continues_as_user=True, logprobs=True),
+    Entry("vllm", "vLLM in this process (the fast path on GPUs; `make vllm-env`), same prompt ids as hf",
+          engine="stmed.core.vllm_engine:VLLMEngine", continues_as_user=True, logprobs=True),
     Entry("openai", "an OpenAI-compatible server (api.openai.com, vLLM's server, Azure, gateways)",
           engine="stmed.backends.openai_backend:OpenAIBackend", judge="stmed.judge.online:run_online"),
     Entry("batch", "the OpenAI Batch API: request files out, replies in (also vllm run-batch)",
           judge="stmed.judge.batch:run_batch"),
 )}
-ALIASES = {"local": "hf"}  # judge --backend local: a VLM here, the hf engine used as a judge
+ALIASES = {"local": "hf"}  # judge --backend local: a VLM here (on the engine judge --engine names)
 
 
 def names(role: str) -> list[str]:
@@ -56,15 +58,16 @@ def names(role: str) -> list[str]:
     return found + [a for a, n in ALIASES.items() if role == JUDGE and ENTRIES[n].can(role)]
 
 
-def lookup(name: str, role: str = GENERATE, flag: str = "--backend") -> Entry:
+def lookup(name: str, role: str = GENERATE, flag: str | None = None) -> Entry:
     """The entry for ``name`` in ``role``, or one InputError line naming the flag and the choices."""
+    flag = flag or ("--engine" if role == GENERATE else "--backend")
     entry = ENTRIES.get(ALIASES.get(name, name))
     choices = names(role)
     if entry is None:
         raise InputError(f"{flag} {name!r}: unknown{did_you_mean(name, choices)}; choose from {', '.join(choices)}")
     if not entry.can(role):
-        what = "generate answers" if role == GENERATE else "judge"
-        raise InputError(f"{flag} {name}: {entry.about} cannot {what}; choose from {', '.join(choices)}")
+        what = "a judge backend, not an engine" if role == GENERATE else "an engine, not a judge backend (a local judge on it: --backend local --engine " + name + ")"
+        raise InputError(f"{flag} {name}: {what}; choose from {', '.join(choices)}")
     return entry
 
 
@@ -72,7 +75,7 @@ def require(entry: Entry, capability: str, needed_by: str, instead: str = "") ->
     """One line naming the flag when ``needed_by`` asks for what the engine cannot do."""
     if not getattr(entry, capability):
         words = {"continues_as_user": "raw prompt continuation", "logprobs": "log-probabilities", "images": "images"}
-        raise InputError(f"{needed_by} needs {words[capability]}, which --backend {entry.name} cannot do"
+        raise InputError(f"{needed_by} needs {words[capability]}, which --engine {entry.name} cannot do"
                          + (f"; {instead}" if instead else ""))
 
 
@@ -80,16 +83,23 @@ def require(entry: Entry, capability: str, needed_by: str, instead: str = "") ->
 class EngineOptions:
     """How the generating commands run their model: the engine and its settings."""
 
-    backend: str = opt("hf", "hf (a model in this process) | openai (an OpenAI-compatible server).")
-    batch_size: int = opt(8, "Generation batch size (halved on out-of-memory).", min=1)
-    static_cache: bool = opt(False, "GPU: static KV cache with compiled decode (fixed batch shapes).",
+    engine: str = opt("hf", "hf (transformers, here) | vllm (vLLM, here: the fast path on GPUs) | openai (an "
+                      "OpenAI-compatible server).", flags=("--engine", "--backend"))
+    batch_size: int = opt(8, "Generation batch size (hf: halved on out-of-memory; vllm: sequences in flight).",
+                          min=1)
+    static_cache: bool = opt(False, "hf on a GPU: static KV cache with compiled decode (fixed batch shapes).",
                              flags="--static-cache")
+    tensor_parallel_size: int = opt(1, "vllm: GPUs one model copy is split over.", min=1)
+    gpu_memory_utilization: float = opt(0.9, "vllm: share of each GPU's memory vLLM may take.", min=0.05, max=1.0)
+    max_model_len: int | None = opt(None, "vllm: longest prompt + answer, in tokens (default: the model's).")
+    enforce_eager: bool = opt(False, "vllm: no CUDA graphs (slower; less memory and start-up time).",
+                              flags="--enforce-eager")
     base_url: str | None = opt(None, BASE_URL_HELP)
     api_key_env: str = opt(API_KEY_ENV, "Environment variable holding the API key.")
-    concurrency: int = opt(CONCURRENCY, "Requests in flight (--backend openai).", min=1)
+    concurrency: int = opt(CONCURRENCY, "Requests in flight (--engine openai).", min=1)
 
     def __post_init__(self) -> None:
-        self.entry = lookup(self.backend, GENERATE)
+        self.entry = lookup(self.engine, GENERATE, "--engine")
 
 
 def open_engine(options: EngineOptions, spec):
@@ -99,8 +109,12 @@ def open_engine(options: EngineOptions, spec):
     cls = entry.load(GENERATE)
     if entry.name == "hf":
         return cls(spec, batch_size=options.batch_size, static_cache=options.static_cache, isolate_failures=True)
+    if entry.name == "vllm":
+        return cls(spec, batch_size=options.batch_size, tensor_parallel_size=options.tensor_parallel_size,
+                   gpu_memory_utilization=options.gpu_memory_utilization, max_model_len=options.max_model_len,
+                   enforce_eager=options.enforce_eager)
     if not spec.model:
-        raise InputError(f"--backend {entry.name} needs -m MODEL (the served model's name)")
+        raise InputError(f"--engine {entry.name} needs -m MODEL (the served model's name)")
     # A request that fails after its retries becomes that record's error, not the run's.
     return cls(spec.model, base_url=options.base_url, api_key_env=options.api_key_env,
                concurrency=options.concurrency, on_error="yield")

@@ -4,6 +4,7 @@ field (one default, one help), one registry of engines and judge backends."""
 from __future__ import annotations
 
 import ast
+import json
 import subprocess
 import sys
 
@@ -93,11 +94,14 @@ def test_registry_names_and_capabilities():
     assert not registry.lookup("openai").continues_as_user
     assert registry.lookup("local", registry.JUDGE) is registry.lookup("hf", registry.JUDGE)
     assert set(registry.names(registry.JUDGE)) == {"hf", "openai", "batch", "local"}
-    with pytest.raises(InputError, match=r"--backend 'opnai': unknown \(did you mean 'openai'\?\)"):
+    assert registry.lookup("vllm").continues_as_user and registry.lookup("vllm").logprobs
+    with pytest.raises(InputError, match=r"--engine 'opnai': unknown \(did you mean 'openai'\?\)"):
         registry.lookup("opnai")
-    with pytest.raises(InputError, match="--backend batch: .* cannot generate answers; choose from hf, openai"):
+    with pytest.raises(InputError, match="--engine batch: a judge backend, not an engine; choose from hf, vllm, openai"):
         registry.lookup("batch")
-    with pytest.raises(InputError, match="--strategy vuser needs raw prompt continuation, which --backend openai"):
+    with pytest.raises(InputError, match="--backend vllm: an engine, not a judge backend .*--backend local --engine vllm"):
+        registry.lookup("vllm", registry.JUDGE)
+    with pytest.raises(InputError, match="--strategy vuser needs raw prompt continuation, which --engine openai"):
         registry.require(registry.lookup("openai"), "continues_as_user", "--strategy vuser")
 
 
@@ -118,7 +122,17 @@ def test_unknown_backend_and_vuser_on_a_server_are_one_line_before_any_output(tm
     inp.write_text('{"id": "a", "image": "x.png"}\n')
     out = tmp_path / "out.jsonl"
     r = run_stmed("gen-questions", inp, "-m", "served", "--backend", "openai", "-o", out)
-    assert r.returncode == 2 and "--strategy vuser needs raw prompt continuation, which --backend openai" in r.stderr
+    assert r.returncode == 2 and "--strategy vuser needs raw prompt continuation, which --engine openai" in r.stderr
     r = run_stmed("answer", inp, "-m", str(tiny_model), "--backend", "hff", "-o", out)
     assert r.returncode == 2 and "did you mean 'hf'" in r.stderr and r.stderr.count("\n") == 1
     assert not out.exists(), "a bad flag stops before any output is written"
+
+
+def test_a_missing_vllm_is_one_line(tiny_model, tmp_path):
+    from conftest import run_stmed
+
+    inp = tmp_path / "q.jsonl"
+    inp.write_text(json.dumps({"id": "a", "image": str(sorted((ROOT / "examples" / "images").glob('*.jpg'))[0]), "question": "Q?"}) + "\n")
+    r = run_stmed("answer", inp, "-m", tiny_model, "--engine", "vllm", "-o", tmp_path / "a.jsonl")
+    assert r.returncode == 2 and "vLLM is not installed in this environment; `make vllm-env`" in r.stderr
+    assert r.stderr.strip().count("\n") == 0 and not (tmp_path / "a.jsonl").exists()

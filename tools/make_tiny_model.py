@@ -168,6 +168,10 @@ TINY_SIZES = {
     "out_hidden_size": 64, "mm_hidden_size": 64, "vision_output_dim": 64,
 }
 TINY_VISION = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2, "head_dim": 16}
+# vLLM's CPU attention kernel takes head sizes 32, 64, 80, ... only: the same tiny model, heads of 32.
+VLLM_SIZES = {**TINY_SIZES, "hidden_size": 128, "intermediate_size": 256, "head_dim": 32, "embed_dim": 64,
+              "out_hidden_size": 128, "mm_hidden_size": 128, "vision_output_dim": 128}
+VLLM_VISION = {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 2, "head_dim": 32}
 # Files of a processor folder that describe the model, not the processor: never copied.
 MODEL_FILES = {"config.json", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"}
 
@@ -187,49 +191,70 @@ def _shrink(cfg, sizes: dict) -> None:
         rope["mrope_section"] = new
 
 
-def tiny_config_from(folder: str | Path):
-    """The checkpoint's config with its sizes shrunk (see TINY_SIZES)."""
+def tiny_config_from(folder: str | Path, *, vllm: bool = False):
+    """The checkpoint's config with its sizes shrunk (see TINY_SIZES; ``vllm``: VLLM_SIZES)."""
     from transformers import AutoConfig
 
+    sizes, vision_sizes = (VLLM_SIZES, VLLM_VISION) if vllm else (TINY_SIZES, TINY_VISION)
     config = AutoConfig.from_pretrained(str(folder))
     text = getattr(config, "text_config", None)
     vision = getattr(config, "vision_config", None)
-    _shrink(config, TINY_SIZES)
+    _shrink(config, sizes)
     if text is not None:
-        _shrink(text, TINY_SIZES)
+        _shrink(text, sizes)
         text.max_window_layers = getattr(text, "max_window_layers", None) and text.num_hidden_layers
     if vision is not None:
-        _shrink(vision, {**TINY_SIZES, **TINY_VISION})
+        _shrink(vision, {**sizes, **vision_sizes})
         # Where the vision tower's merger feeds the text model directly, its output is text-sized:
         # Qwen2-VL names its inner width embed_dim and its output hidden_size; Qwen2.5-VL says out_hidden_size.
         if hasattr(vision, "embed_dim"):
-            vision.hidden_size = TINY_SIZES["hidden_size"]
+            vision.hidden_size = sizes["hidden_size"]
         if hasattr(vision, "out_hidden_size"):
-            vision.out_hidden_size = TINY_SIZES["hidden_size"]
+            vision.out_hidden_size = sizes["hidden_size"]
     layers = getattr(config, "vision_feature_layer", None)
     if isinstance(layers, int) and vision is not None and hasattr(vision, "num_hidden_layers"):
         config.vision_feature_layer = max(layers, -vision.num_hidden_layers)
     return config
 
 
-def build_from_processor(folder: str | Path, outdir: str | Path, *, seed: int = 0) -> Path:
-    """A tiny random model around the real processor files in ``folder``, saved to ``outdir``."""
+def build_from_processor(folder: str | Path, outdir: str | Path, *, seed: int = 0, vllm: bool = False) -> Path:
+    """A tiny random model around the real processor files in ``folder``, saved to ``outdir``.
+
+    ``vllm``: heads of 32 (vLLM's CPU kernel) and LLaVA's vision tower saved under the key names
+    of the checkpoints on the Hub (``vision_tower.vision_model.*``), which vLLM 0.32 expects and
+    transformers reads as well; transformers 5.19+ would write ``vision_tower.embeddings.*``."""
     import shutil
 
     import torch
     from transformers import AutoModelForImageTextToText
 
     folder, outdir = Path(folder), Path(outdir)
-    config = tiny_config_from(folder)
+    config = tiny_config_from(folder, vllm=vllm)
     config.dtype = "float32"
     torch.manual_seed(seed)
     model = AutoModelForImageTextToText.from_config(config)
     outdir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(outdir)
+    if vllm:
+        _hub_vision_keys(outdir / "model.safetensors")
     for f in folder.iterdir():  # the processor as the checkpoint ships it, byte for byte
         if f.is_file() and f.name not in MODEL_FILES:
             shutil.copyfile(f, outdir / f.name)
     return outdir
+
+
+def _hub_vision_keys(path: Path) -> None:
+    """``...vision_tower.embeddings.*`` -> ``...vision_tower.vision_model.embeddings.*`` (CLIP towers)."""
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(path)
+    renamed = {}
+    for key, value in tensors.items():
+        head, sep, tail = key.partition("vision_tower.")
+        if sep and not tail.startswith("vision_model."):
+            key = f"{head}vision_tower.vision_model.{tail}"
+        renamed[key] = value
+    save_file(renamed, path, metadata={"format": "pt"})
 
 
 def build(outdir: str | Path, *, seed: int = 0, shape: str = "tiny", device: str = "cpu") -> Path:
@@ -248,9 +273,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shape", choices=["tiny", "llava-7b"], default="tiny")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--from-processor", metavar="FOLDER", help="a real checkpoint's processor files to build around")
+    ap.add_argument("--vllm", action="store_true", help="with --from-processor: a model vLLM's CPU build runs")
     args = ap.parse_args(argv)
     if args.from_processor:
-        out = build_from_processor(args.from_processor, args.outdir, seed=args.seed)
+        out = build_from_processor(args.from_processor, args.outdir, seed=args.seed, vllm=args.vllm)
     else:
         out = build(args.outdir, seed=args.seed, shape=args.shape, device=args.device)
     size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())

@@ -24,7 +24,7 @@ Data = Annotated[Optional[str], typer.Option("--data", help="Benchmark file or f
 @c.command
 @options(EvalConfig, ModelSpec, EngineOptions, Files)
 def eval_(
-    bench: Bench, cfg: EvalConfig, spec: ModelSpec, engine: EngineOptions, files: Files,
+    bench: Bench, cfg: EvalConfig, spec: ModelSpec, engine_opts: EngineOptions, files: Files,
     data: Data = None,
     model: Annotated[Optional[str], typer.Option("-m", "--model", help="Model to generate with (or use --predictions).")] = None,
     predictions: Annotated[Optional[str], typer.Option(help="Score this answer file instead (stmed items or LLaVA-Med {question_id, text}).")] = None,
@@ -48,7 +48,7 @@ def eval_(
     items = select(bench_data.items, limit=limit)
     _announce(bench_data, len(items), files.quiet or not world().main)
     code, result = evaluate(cfg, bench_data, items, files, predictions=predictions, name=name,
-                            engine=None if model is None else lambda: open_engine(engine, replace(spec, model=model)))
+                            engine=None if model is None else lambda: open_engine(engine_opts, replace(spec, model=model)))
     if result is not None:
         if limit is not None:
             result["run"]["limit"] = limit

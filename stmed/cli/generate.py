@@ -23,15 +23,15 @@ from stmed.stages.runner import Files
 @options(QuestionsConfig, ModelSpec, EngineOptions, Files)
 def gen_questions(
     input: Annotated[str, typer.Argument(help="JSONL of {id, image}, a folder of images, or - for stdin.")],
-    model: c.Model, cfg: QuestionsConfig, spec: ModelSpec, engine: EngineOptions, files: Files,
+    model: c.Model, cfg: QuestionsConfig, spec: ModelSpec, engine_opts: EngineOptions, files: Files,
     limit: c.Limit = None, shard: c.Shard = None,
 ) -> int:
     """Describe each image, then ask N questions about it as the model's own virtual user."""
     from stmed.registry import open_engine
 
-    questions.check(cfg, engine.backend)
+    questions.check(cfg, engine_opts.engine)
     records = c.select(c.open_input(input, folder_ok=True, nonempty=True), shard=shard, limit=limit)
-    backend = open_engine(engine, replace(spec, model=model))
+    backend = open_engine(engine_opts, replace(spec, model=model))
     return c.run("gen-questions", questions, cfg, backend, records, files, unit="images",
                  pending=lambda recs, done: questions.pending(cfg, recs, done))
 
@@ -39,11 +39,11 @@ def gen_questions(
 @app.command("answer")
 @c.command
 @options(AnswersConfig, ModelSpec, EngineOptions, Files)
-def answer(input: c.Input, model: c.Model, cfg: AnswersConfig, spec: ModelSpec, engine: EngineOptions, files: Files,
+def answer(input: c.Input, model: c.Model, cfg: AnswersConfig, spec: ModelSpec, engine_opts: EngineOptions, files: Files,
            limit: c.Limit = None, shard: c.Shard = None) -> int:
     """Sample N answers to each question, each with its own recorded seed."""
     from stmed.registry import open_engine
 
     records = c.select(c.open_input(input, nonempty=True), shard=shard, limit=limit)
-    backend = open_engine(engine, replace(spec, model=model))
+    backend = open_engine(engine_opts, replace(spec, model=model))
     return c.run("answer", answers, cfg, backend, records, files)

@@ -46,5 +46,11 @@ class HFBackend:
     def generate(self, requests, params):
         return self.generator.run(requests, params)
 
+    def choice_logprobs(self, requests, choices, batch_size: int = 8) -> list[dict]:
+        """The log-probability of each choice right after each prompt (the local judge's fallback)."""
+        from stmed.core.generate import choice_logprobs
+
+        return choice_logprobs(self.loaded, requests, choices, batch_size=batch_size)
+
     def describe(self) -> dict:
         return {"backend": self.name, **self.loaded.describe()}

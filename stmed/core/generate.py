@@ -52,6 +52,8 @@ class GenRequest:
 class GenOutput:
     texts: list[str]
     tokens: list[int] = field(default_factory=list)  # new tokens per sample
+    ids: list[list[int]] | None = None  # the ids each sample emitted, its end token left out (local engines)
+    prompt_ids: list[int] | None = None  # the prompt as the engine saw it, image tokens expanded (vLLM)
 
     @property
     def total_tokens(self) -> int:
@@ -127,21 +129,21 @@ class Generator:
         # Longest first: equal lengths share batches (little padding) and OOM shows up early.
         rows.sort(key=lambda row: (requests[row[0]].image is None, -lengths[row[0]], row[0], row[1]))
         pending = {i: [None] * len(r.seeds) for i, r in enumerate(requests)}
-        counts = {i: [0] * len(r.seeds) for i, r in enumerate(requests)}
+        emitted: dict[int, list] = {i: [None] * len(r.seeds) for i, r in enumerate(requests)}
         start = 0
         while start < len(rows):
             batch = rows[start:start + self.batch_size]
             # Image and text-only rows never share a batch: the processor wants all or none.
             batch = [row for row in batch if (requests[row[0]].image is None) == (requests[batch[0][0]].image is None)]
             start += len(batch)
-            for (i, k, _), (text, n) in zip(batch, self._run_split(batch, requests, prompts, params)):
-                pending[i][k], counts[i][k] = text, n
+            for (i, k, _), (text, ids) in zip(batch, self._run_split(batch, requests, prompts, params)):
+                pending[i][k], emitted[i][k] = text, ids
                 if all(t is not None for t in pending[i]):
-                    texts, tokens = pending.pop(i), counts.pop(i)
+                    texts, ids = pending.pop(i), emitted.pop(i)
                     failed = next((t for t in texts if isinstance(t, Exception)), None)
-                    yield i, failed if failed is not None else GenOutput(texts, tokens)
+                    yield i, failed if failed is not None else GenOutput(texts, [len(x) for x in ids], ids=ids)
 
-    def _run_split(self, batch, requests, prompts, params) -> list[tuple[str | Exception, int]]:
+    def _run_split(self, batch, requests, prompts, params) -> list[tuple[str | Exception, list[int]]]:
         try:
             return self._run_batch(batch, requests, prompts, params)
         except (RuntimeError, MemoryError, ValueError) as err:
@@ -149,7 +151,7 @@ class Generator:
                 if not self.isolate_failures:
                     raise
                 if len(batch) == 1:
-                    return [(RuntimeError(f"the model failed on this input ({type(err).__name__}: {err})"), 0)]
+                    return [(RuntimeError(f"the model failed on this input ({type(err).__name__}: {err})"), [])]
                 half = len(batch) // 2
                 return (self._run_split(batch[:half], requests, prompts, params)
                         + self._run_split(batch[half:], requests, prompts, params))
@@ -166,7 +168,7 @@ class Generator:
             return (self._run_split(batch[:half], requests, prompts, params)
                     + self._run_split(batch[half:], requests, prompts, params))
 
-    def _run_batch(self, batch, requests, prompts, params) -> list[tuple[str, int]]:
+    def _run_batch(self, batch, requests, prompts, params) -> list[tuple[str, list[int]]]:
         import torch
 
         from stmed.core import prefill
@@ -217,7 +219,7 @@ class Generator:
             if not params.ignore_eos:
                 n = next((k for k, t in enumerate(row) if t in ends), n)
             text = self.tok.decode(row[:n], skip_special_tokens=True)
-            results.append((cut_at_stop(text, params.stop), n))
+            results.append((cut_at_stop(text, params.stop), row[:n]))
         return results
 
     def _encode(self, keys, requests, prompts):
@@ -292,7 +294,7 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> str:
     return text[:cut].strip()
 
 
-def _divergence(tok, prompt: str, choices: Sequence[str]) -> tuple[int, list[int]]:
+def divergence(tok, prompt: str, choices: Sequence[str]) -> tuple[int, list[int]]:
     """(tokens after the shared prefix in prompt+choices[0], each choice's first own token).
 
     Tokenizing the choice after the prompt, not alone, matters: a SentencePiece tokenizer
@@ -313,7 +315,7 @@ def choice_logprobs(loaded, requests: Sequence[GenRequest], choices: Sequence[st
     gen = Generator(loaded, batch_size)
     tok = loaded.tokenizer
     prompts = [gen.prompt_of(r) for r in requests]
-    splits = [_divergence(tok, p, choices) for p in prompts]
+    splits = [divergence(tok, p, choices) for p in prompts]
     results: list[dict | None] = [None] * len(requests)
     groups: dict[int, list[int]] = {}
     for i, (drop, _) in enumerate(splits):

@@ -25,11 +25,12 @@ SEED = 0  # sampling judges (temperature > 0) draw from this seed, so a rerun gi
 
 
 def run_local(cfg: JudgeConfig, records: list, stats: JudgeStats, cache=None) -> Iterator[Outcome]:
-    """The hf engine (stmed.registry) as the judge; replies are not cached (a rerun is free)."""
-    from stmed.core.backend import HFBackend
-    from stmed.core.generate import GenRequest, SamplingParams, choice_logprobs
+    """A local engine (``--engine hf|vllm``, stmed.registry) as the judge; replies are not cached
+    (a rerun costs no money)."""
+    from stmed.core.generate import GenRequest, SamplingParams
+    from stmed.registry import EngineOptions, open_engine
 
-    backend = HFBackend(cfg.model_spec(), batch_size=cfg.batch_size)
+    backend = open_engine(EngineOptions(engine=cfg.engine, batch_size=cfg.batch_size), cfg.model_spec())
     params = SamplingParams(max_new_tokens=cfg.max_tokens, temperature=cfg.temperature)
     seeds = [None] if params.greedy else [SEED]
     prompt: JudgePrompt = cfg.prompt
@@ -49,9 +50,14 @@ def run_local(cfg: JudgeConfig, records: list, stats: JudgeStats, cache=None) ->
                 preps.append(prep)
         jobs = [(p, o) for p in preps for o in orders(len(p.answers), cfg.policy)]
         replies = dict(backend.generate([request(p, o, "text") for p, o in jobs], params))
+        broken = {id(p): replies[k] for k, (p, _) in enumerate(jobs) if isinstance(replies[k], Exception)}
+        for p in [p for p in preps if id(p) in broken]:  # the model failed on this record's input
+            yield Outcome.failed(p.record, str(broken[id(p)]))
+        preps = [p for p in preps if id(p) not in broken]
+        jobs = [(k, p, o) for k, (p, o) in enumerate(jobs) if id(p) not in broken]
         judged: dict[int, Judgement] = {}
         fallback = []
-        for k, (p, o) in enumerate(jobs):
+        for k, p, o in jobs:
             stats.requests += 1
             text = replies[k].texts[0]
             stats.usage.completion_tokens += replies[k].total_tokens
@@ -62,15 +68,16 @@ def run_local(cfg: JudgeConfig, records: list, stats: JudgeStats, cache=None) ->
                 judged[k] = j
         if fallback:
             stats.logprob_fallbacks += len(fallback)
-            lps = choice_logprobs(backend.loaded, [request(*jobs[k], "choice") for k in fallback], ["1", "2"],
-                                  batch_size=cfg.batch_size)
+            order_of = {k: (p, o) for k, p, o in jobs}
+            lps = backend.choice_logprobs([request(*order_of[k], "choice") for k in fallback], ["1", "2"],
+                                          batch_size=cfg.batch_size)
             for k, lp in zip(fallback, lps):
                 p1 = 1.0 / (1.0 + math.exp(lp["2"] - lp["1"]))  # softmax over the two choices only
                 text = replies[k].texts[0]
-                judged[k] = Judgement(jobs[k][1], (round(10 * p1, 4), round(10 * (1 - p1), 4)),
+                judged[k] = Judgement(order_of[k][1], (round(10 * p1, 4), round(10 * (1 - p1), 4)),
                                       f"{text}\n[log-prob fallback: p(1)={p1:.4f}]", "logprob")
         by_prep: dict[int, list[Judgement]] = {}
-        for k, (p, _) in enumerate(jobs):
+        for k, p, _ in jobs:
             by_prep.setdefault(id(p), []).append(judged[k])
         for p in preps:
             js = by_prep[id(p)]

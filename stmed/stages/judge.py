@@ -53,6 +53,7 @@ class JudgeConfig:
     backoff_initial: float = 1.0
     # local backend: the judge model's loading flags (adapter, device, dtype, ...) are the shared model flags
     local: ModelSpec = field(default_factory=ModelSpec)
+    engine: str = opt("hf", "local: the engine the judge model runs on: hf (transformers) | vllm.")
     batch_size: int = opt(8, "local: generation batch size (halved on out-of-memory).", min=1)
     max_pixels: int | None = opt(None, MAX_PIXELS_HELP, min=784)
     # batch backend
@@ -66,6 +67,7 @@ class JudgeConfig:
 
     def __post_init__(self) -> None:
         registry.lookup(self.backend, registry.JUDGE)  # an unknown name: one line with "did you mean"
+        registry.require(registry.lookup(self.engine, flag="--engine"), "logprobs", "the local judge's fallback")
         if self.policy not in POLICIES:
             raise InputError(f"--policy {self.policy!r}: expected one of {', '.join(POLICIES)}")
         if self.json_mode not in ("auto", "on", "off"):

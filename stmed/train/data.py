@@ -129,15 +129,40 @@ def prompt_messages(record: Record, question: str) -> list[dict]:
     return [{"role": m["role"], "content": m["content"]} for m in msgs]
 
 
-def encode_pair(processor, messages: list[dict], chosen: str, rejected: str) -> dict:
+def encode_pair(processor, messages: list[dict], chosen: str, rejected: str,
+                emitted: dict[str, list[int]] | None = None) -> dict:
     """{"prompt", "chosen_ids", "rejected_ids"}: the prompt text as sampling renders it and each
-    answer's ids after it, end-of-turn token included (stmed.core.tokens)."""
-    from stmed.core.chat import render
-    from stmed.core.chat import answer_ids
+    answer's ids after it, end-of-turn token included (stmed.core.tokens). An answer whose
+    emitted ids the record carries (``emitted``: text -> ids, from ``stmed answer``) is trained
+    on those ids, the ones the model said, plus the end token."""
+    from stmed.core.chat import answer_ids, render
+    from stmed.core.tokens import turn_end
 
     prompt = render(processor, messages, with_image=True, continue_as="assistant")  # rendered once for the pair
-    return {"prompt": prompt, "chosen_ids": answer_ids(processor, messages, chosen, prompt=prompt),
-            "rejected_ids": answer_ids(processor, messages, rejected, prompt=prompt)}
+    end = turn_end(processor).token_id
+
+    def ids(answer: str) -> list[int]:
+        said = (emitted or {}).get(answer)
+        return [*said, end] if said is not None else answer_ids(processor, messages, answer, prompt=prompt)
+
+    return {"prompt": prompt, "chosen_ids": ids(chosen), "rejected_ids": ids(rejected)}
+
+
+def emitted_ids(record: Record, vocab_size: int) -> dict[str, list[int]]:
+    """answer text -> the ids the model emitted for it, from the record's ``answers`` (written by
+    ``stmed answer`` with a local engine; absent for a served model or another tool's pairs)."""
+    out = {}
+    answers = record.get("answers")
+    for k, a in enumerate(answers if isinstance(answers, list) else []):
+        if not isinstance(a, dict) or "ids" not in a:
+            continue
+        ids = a["ids"]
+        if (not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids)
+                or any(not 0 <= i < vocab_size for i in ids)):
+            raise RecordError(f"{record.where}: answers[{k}].ids must be a list of this model's token ids")
+        if isinstance(a.get("text"), str):
+            out[a["text"]] = ids
+    return out
 
 
 def same_prompt(record: Record, prompt: str) -> None:
@@ -213,13 +238,14 @@ def load_pairs(path: str | Path, processor, *, errors: ErrorSink, image_root: Pa
     if limit is not None:
         records = records[:limit]
     settings = image_settings(records, flags or {})
+    vocab = len(getattr(processor, "tokenizer", processor))
     rows: dict[str, list] = {k: [] for k in ("id", "image_path", "prompt", "chosen_ids", "rejected_ids", "where")}
     for rec in records:
         try:
             question, chosen, rejected = parse_pair(rec)
             messages = prompt_messages(rec, question)
             image = check_image(rec, image_root)
-            encoded = encode_pair(processor, messages, chosen, rejected)
+            encoded = encode_pair(processor, messages, chosen, rejected, emitted_ids(rec, vocab))
             same_prompt(rec, encoded["prompt"])
         except RecordError as e:
             errors.add(rec, str(e))
