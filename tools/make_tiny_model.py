@@ -236,25 +236,31 @@ def build_from_processor(folder: str | Path, outdir: str | Path, *, seed: int = 
     outdir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(outdir)
     if vllm:
-        _hub_vision_keys(outdir / "model.safetensors")
+        hub_vision_keys(outdir)
     for f in folder.iterdir():  # the processor as the checkpoint ships it, byte for byte
         if f.is_file() and f.name not in MODEL_FILES:
             shutil.copyfile(f, outdir / f.name)
     return outdir
 
 
-def _hub_vision_keys(path: Path) -> None:
-    """``...vision_tower.embeddings.*`` -> ``...vision_tower.vision_model.embeddings.*`` (CLIP towers)."""
+def hub_vision_keys(folder: Path) -> None:
+    """``...vision_tower.embeddings.*`` -> ``...vision_tower.vision_model.embeddings.*`` (CLIP towers),
+    in every safetensors shard of ``folder`` and its index."""
+    import json
+
     from safetensors.torch import load_file, save_file
 
-    tensors = load_file(path)
-    renamed = {}
-    for key, value in tensors.items():
+    def rename(key: str) -> str:
         head, sep, tail = key.partition("vision_tower.")
-        if sep and not tail.startswith("vision_model."):
-            key = f"{head}vision_tower.vision_model.{tail}"
-        renamed[key] = value
-    save_file(renamed, path, metadata={"format": "pt"})
+        return f"{head}vision_tower.vision_model.{tail}" if sep and not tail.startswith("vision_model.") else key
+
+    for shard in sorted(Path(folder).glob("*.safetensors")):
+        save_file({rename(k): v for k, v in load_file(shard).items()}, shard, metadata={"format": "pt"})
+    index = Path(folder) / "model.safetensors.index.json"
+    if index.exists():
+        data = json.loads(index.read_text())
+        data["weight_map"] = {rename(k): v for k, v in data["weight_map"].items()}
+        index.write_text(json.dumps(data, indent=2))
 
 
 def build(outdir: str | Path, *, seed: int = 0, shape: str = "tiny", device: str = "cpu") -> Path:

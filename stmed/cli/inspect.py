@@ -27,15 +27,18 @@ def inspect(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a panel.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the self-asked questions.")] = 0,
     max_pixels: c.MaxPixels = None,
+    engine: Annotated[str, typer.Option(help="hf (transformers) | vllm: the engine the model runs on.")] = "hf",
 ) -> int:
     """Show an image's facts, the model's description, its own questions and its answers."""
     from stmed.images import load_image
+    from stmed import registry
     from stmed.registry import EngineOptions, open_engine
     from stmed.stages.inspect import inspect_image
 
     _, info = load_image(image)  # a bad image fails here, before the model loads
-    engine = open_engine(EngineOptions(), replace(spec, model=model))
-    result = inspect_image(engine, image, info, question or [], n_questions=n_questions, seed=seed,
+    options = EngineOptions(engine=engine)
+    registry.require(options.entry, "continues_as_user", "inspect (its self-asked questions)")
+    result = inspect_image(open_engine(options, replace(spec, model=model)), image, info, question or [], n_questions=n_questions, seed=seed,
                            max_new_tokens=max_new_tokens, max_pixels=max_pixels)
     if as_json:
         print(json.dumps(result, ensure_ascii=False))
