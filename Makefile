@@ -11,6 +11,7 @@ STAMP  := $(VENV)/.stmed-installed
 MODEL  ?= llava-hf/llava-1.5-7b-hf   # round 1's policy: any HF vision-language model id or folder
 JUDGE  ?= gpt-4o                     # judge model name (OPENAI_API_KEY), or a local model with JUDGE_BACKEND=local
 JUDGE_BACKEND ?= openai              # openai | batch | local
+ENGINE ?= hf                         # hf | vllm: what gen-questions, answer and a local judge run on (vllm: make vllm-env)
 IMAGES ?= examples/images            # folder or JSONL of unlabeled medical images
 ROUNDS ?= 1                          # self-training rounds; round K+1 starts from round K's merged model
 OUT    ?= runs/selftrain             # outputs: OUT/round-K/{questions,answers,pairs}.jsonl, OUT/round-K/dpo/
@@ -80,7 +81,7 @@ bench: $(STAMP)
 selftrain: $(STAMP)
 	MODEL="$(strip $(MODEL))" JUDGE="$(strip $(JUDGE))" JUDGE_BACKEND="$(strip $(JUDGE_BACKEND))" \
 	IMAGES="$(strip $(IMAGES))" ROUNDS="$(strip $(ROUNDS))" OUT="$(strip $(OUT))" STMED=$(BIN)/stmed \
-	LAUNCH="$(strip $(LAUNCH))" \
+	LAUNCH="$(strip $(LAUNCH))" ENGINE="$(strip $(ENGINE))" \
 	bash examples/selftrain.sh
 
 ## eval: zero-shot VQA-RAD, SLAKE (and PathVQA when PATHVQA is set) for MODEL, then a report

@@ -16,6 +16,7 @@ OUT=${OUT:-runs/selftrain}
 STMED=${STMED:-stmed}
 N_QUESTIONS=${N_QUESTIONS:-5}              # paper: 5 questions per image
 N_ANSWERS=${N_ANSWERS:-2}                  # paper: 2 answers, seeds 40 and 42
+ENGINE=${ENGINE:-hf}                       # hf | vllm: the engine gen-questions, answer and a local judge run on
 GEN_ARGS=${GEN_ARGS:-}                     # extra flags for gen-questions and answer (e.g. --batch-size 32)
 QUESTION_ARGS=${QUESTION_ARGS:-}           # extra flags for gen-questions only (e.g. --strategy instruct)
 JUDGE_ARGS=${JUDGE_ARGS:-}                 # extra flags for judge (e.g. --concurrency 32, --policy paper)
@@ -25,8 +26,10 @@ DPO_ARGS=${DPO_ARGS:-}                     # extra flags for dpo (e.g. --max-ste
 # takes a share of the input and the main one merges the parts; dpo trains data-parallel).
 LAUNCH=${LAUNCH:-}
 if [ -n "$LAUNCH" ]; then RUN="$LAUNCH -m stmed.cli"; else RUN=$STMED; fi
+GEN_RUN=$RUN
+if [ "$ENGINE" = vllm ] && [ -z "$LAUNCH" ]; then GEN_RUN=${VLLM_STMED:-.venv-vllm/bin/stmed}; fi  # vLLM's own environment
 JUDGE_RUN=$STMED
-if [ "$JUDGE_BACKEND" = local ]; then JUDGE_RUN=$RUN; fi  # an API judge needs no processes of its own
+if [ "$JUDGE_BACKEND" = local ]; then JUDGE_RUN=$GEN_RUN; JUDGE_ARGS="--engine $ENGINE $JUDGE_ARGS"; fi
 
 stage() {  # stage NAME DIR COMMAND...: run unless DIR/.NAME.done exists
   local name=$1 dir=$2; shift 2
@@ -50,10 +53,11 @@ for k in $(seq 1 "$ROUNDS"); do
   echo "selftrain: round $k of $ROUNDS, policy $policy" >&2
   # A different seed per round: new questions about the same images.
   # shellcheck disable=SC2086
-  stage questions "$dir" $RUN gen-questions "$IMAGES" -m "$policy" -n "$N_QUESTIONS" --seed "$k" $GEN_ARGS $QUESTION_ARGS \
+  stage questions "$dir" $GEN_RUN gen-questions "$IMAGES" -m "$policy" -n "$N_QUESTIONS" --seed "$k" --engine "$ENGINE" \
+    $GEN_ARGS $QUESTION_ARGS \
     -o "$dir/questions.jsonl"
   # shellcheck disable=SC2086
-  stage answers "$dir" $RUN answer "$dir/questions.jsonl" -m "$policy" -n "$N_ANSWERS" $GEN_ARGS \
+  stage answers "$dir" $GEN_RUN answer "$dir/questions.jsonl" -m "$policy" -n "$N_ANSWERS" --engine "$ENGINE" $GEN_ARGS \
     -o "$dir/answers.jsonl"
   # shellcheck disable=SC2086
   stage judge "$dir" $JUDGE_RUN judge "$dir/answers.jsonl" --backend "$JUDGE_BACKEND" --judge-model "$JUDGE" $JUDGE_ARGS \

@@ -313,7 +313,7 @@ def test_choice_tokens_are_told_apart_by_a_sentencepiece_style_tokenizer():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from stmed.core.generate import _divergence
+    from stmed.core.generate import divergence
 
     raw = Tokenizer(models.BPE(unk_token="<unk>"))
     raw.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
@@ -324,7 +324,7 @@ def test_choice_tokens_are_told_apart_by_a_sentencepiece_style_tokenizer():
     tok = PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="<unk>")
     lone = [tok("1", add_special_tokens=False)["input_ids"], tok("2", add_special_tokens=False)["input_ids"]]
     assert lone[0][0] == lone[1][0], "precondition: a lone digit starts with the same word-boundary token"
-    drop, ids = _divergence(tok, "USER: which is better? ASSISTANT:", ["1", "2"])
+    drop, ids = divergence(tok, "USER: which is better? ASSISTANT:", ["1", "2"])
     assert drop == 1 and ids[0] != ids[1]
     assert tok.convert_ids_to_tokens(ids) == ["1", "2"]
 

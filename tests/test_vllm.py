@@ -168,3 +168,36 @@ def test_dpo_trains_on_the_ids_vllm_emitted(answers_both):
     assert shown["chosen_ids"] == rec["answers"][0]["ids"] + [end]
     assert shown["rejected_ids"] == rec["answers"][1]["ids"] + [end]
 
+
+def test_an_adapter_runs_through_vllms_lora_as_merged_weights_run_here(answers_both):
+    """Round 2 of self-training needs no merge: --adapter on vLLM gives the greedy ids the
+    transformers engine gives with the adapter merged into the weights."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForImageTextToText
+
+    from stmed.core.generate import Generator, SamplingParams
+    from stmed.core.model import ModelSpec, load_model
+    from stmed.train.common import LANGUAGE_PARTS, LLM_PROJECTIONS
+
+    model, _, _, folder = answers_both
+    torch.manual_seed(0)
+    lora = LoraConfig(r=8, lora_alpha=16, init_lora_weights=False, task_type="CAUSAL_LM",
+                      target_modules=rf".*{LANGUAGE_PARTS}.*\.({'|'.join(LLM_PROJECTIONS)})")
+    peft_model = get_peft_model(AutoModelForImageTextToText.from_pretrained(model), lora)
+    with torch.no_grad():
+        for name, w in peft_model.named_parameters():
+            if "lora_" in name:
+                w.mul_(3.0)  # big enough to change what a random model says
+    peft_model.save_pretrained(folder / "adapter")
+    probe = run_vllm_env(ROOT / "tests" / "vllm_probe.py", model, folder / "lora.json", folder / "adapter")
+    assert probe.returncode == 0, probe.stderr[-4000:]
+    got = json.loads((folder / "lora.json").read_text())
+    reqs = vllm_probe.requests()
+    gen = Generator(load_model(ModelSpec(str(model), adapter=str(folder / "adapter"), device="cpu")))
+    mine = dict(gen.run([replace(r, seeds=[None]) for r in reqs.values()], SamplingParams(max_new_tokens=8)))
+    plain = dict(Generator(load_model(ModelSpec(str(model), device="cpu"))).run(
+        [replace(r, seeds=[None]) for r in reqs.values()], SamplingParams(max_new_tokens=8)))
+    for i, key in enumerate(reqs):
+        assert got[key] == mine[i].ids, f"{key}: vLLM+LoRA differs from the merged adapter"
+    assert any(mine[i].ids != plain[i].ids for i in range(len(reqs))), "the adapter changed nothing to test"

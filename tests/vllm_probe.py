@@ -1,7 +1,8 @@
 """Runs stmed's vLLM engine on a few requests and writes what came back as JSON; run by
 tests/test_vllm.py with the Python of .venv-vllm (vLLM's own environment):
 
-    .venv-vllm/bin/python tests/vllm_probe.py MODEL OUT.json
+    .venv-vllm/bin/python tests/vllm_probe.py MODEL OUT.json            # the checks of test_vllm.py
+    .venv-vllm/bin/python tests/vllm_probe.py MODEL OUT.json ADAPTER    # greedy ids through vLLM's LoRA
 
 The requests are defined here, so the test builds the very same ones for the transformers
 engine in the project's environment and compares.
@@ -73,5 +74,21 @@ def main(model: str, out: str) -> None:
     Path(out).write_text(json.dumps(result), encoding="utf-8")
 
 
+def with_adapter(model: str, adapter: str, out: str) -> None:
+    from dataclasses import replace
+
+    from stmed.core.generate import SamplingParams
+    from stmed.core.model import ModelSpec
+    from stmed.core.vllm_engine import VLLMEngine
+
+    engine = VLLMEngine(ModelSpec(model, adapter=adapter, device="cpu"), max_model_len=2048)
+    reqs = requests()
+    got = dict(engine.generate([replace(r, seeds=[None]) for r in reqs.values()], SamplingParams(max_new_tokens=8)))
+    Path(out).write_text(json.dumps({name: got[i].ids for i, name in enumerate(reqs)}), encoding="utf-8")
+
+
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    if len(sys.argv) > 3:
+        with_adapter(sys.argv[1], sys.argv[3], sys.argv[2])
+    else:
+        main(sys.argv[1], sys.argv[2])
