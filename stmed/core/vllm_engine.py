@@ -24,7 +24,7 @@ from collections.abc import Iterator, Sequence
 from stmed.core.generate import GenOutput, GenRequest, SamplingParams, cut_at_stop
 from stmed.errors import InputError
 
-VLLM_SUPPORTED = ("0.3",)  # vllm releases whose API this engine was checked against (0.32 here)
+VLLM_SUPPORTED = ("0.32.",)  # vLLM releases whose API this engine was checked against
 
 
 def request_seed(seed: int | None, prompt_ids: Sequence[int]) -> int:
@@ -41,7 +41,7 @@ def _import_vllm():
                          ".venv-vllm with it (run stmed as .venv-vllm/bin/stmed), or pip install vllm") from None
     if not vllm.__version__.startswith(VLLM_SUPPORTED):
         raise InputError(f"--engine vllm: vLLM {vllm.__version__} is installed; stmed's engine is checked against "
-                         f"vLLM {' / '.join(v + '.x' for v in VLLM_SUPPORTED)}: pip install 'vllm==0.32.*'")
+                         f"vLLM {' / '.join(v + 'x' for v in VLLM_SUPPORTED)}: pip install 'vllm==0.32.*' (or make vllm-env)")
     return vllm
 
 

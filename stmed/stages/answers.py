@@ -109,7 +109,7 @@ def run(cfg: AnswersConfig, backend, records: list[Record]) -> Iterator[Outcome]
                 yield Outcome.failed(rec, str(out))
                 continue
             answers = [{"text": t, "seed": s} for t, s in zip(out.texts, req.seeds)]
-            for a, ids in zip(answers, out.ids or ()):  # a local engine's emitted ids: what dpo/sft train on
+            for a, ids in zip(answers, out.ids or ()):  # a local engine's emitted ids: what dpo trains on
                 a["ids"] = ids
             yield Outcome.done(rec.derive(answers=answers, answer_gen=meta, answer_prompt={
                 **cfg.prompt_record(req.messages), **rendered_hash(backend, req.messages)}), tokens=out.total_tokens)
