@@ -93,41 +93,39 @@ def flag_default(f: dataclasses.Field, option: Option):
 
 def parameters(cls) -> list[inspect.Parameter]:
     """The typer parameters of ``cls``'s option fields."""
+    return [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=flag_default(f, option),
+                              annotation=Annotated[_optional(option.type or tp), _typer_option(option)])
+            for f, option, tp in option_fields(cls)]
+
+
+def _typer_option(option: Option):
     import typer
 
-    out = []
-    for f, option, tp in option_fields(cls):
-        limits = {k: v for k, v in (("min", option.min), ("max", option.max)) if v is not None}
-        # no flags given: typer's own, from the name (--pad-square/--no-pad-square for a switch)
-        info = typer.Option(*option.flags, help=option.help, **limits)
-        out.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=flag_default(f, option),
-                                     annotation=Annotated[_optional(option.type or tp), info]))
-    return out
+    limits = {k: v for k, v in (("min", option.min), ("max", option.max)) if v is not None}
+    # no flags given: typer's own, from the name (--pad-square/--no-pad-square for a switch)
+    return typer.Option(*option.flags, help=option.help, **limits)
 
 
 def flag_type(cls, name: str, *, default_none: bool = True):
     """``Annotated[type, typer.Option(...)]`` of one option field, for a command that declares it
     itself; ``default_none``: its type admits None (unset, so that a config file can decide)."""
-    import typer
-
     for f, option, tp in option_fields(cls):
         if f.name == name:
             tp = _optional(option.type or tp)
             if default_none and typing.get_origin(tp) is not typing.Union:
                 tp = Optional[tp]
-            limits = {k: v for k, v in (("min", option.min), ("max", option.max)) if v is not None}
-            return Annotated[tp, typer.Option(*option.flags, help=option.help, **limits)]
+            return Annotated[tp, _typer_option(option)]
     raise KeyError(f"{cls.__name__} has no option field {name!r}")
 
 
-def build(cls, values: dict[str, Any], **fixed: Any):
-    """An instance of ``cls`` from flag values (each through its ``parse``), plus ``fixed`` fields."""
+def build(cls, values: dict[str, Any]):
+    """An instance of ``cls`` from flag values (each through its ``parse``)."""
     kwargs = {}
     for f, option, _ in option_fields(cls):
         if f.name in values:
             value = values[f.name]
             kwargs[f.name] = option.parse(value) if option.parse is not None else value
-    return cls(**kwargs, **fixed)
+    return cls(**kwargs)
 
 
 def options(*classes) -> Callable:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -188,9 +188,3 @@ def _sum(dicts: list[dict]) -> dict:
 
 def sum_figures(infos: list[dict]) -> dict:
     return _sum([i.get("figures", {}) for i in infos])
-
-
-def outcomes(records: Iterable[dict], kind: str = "done") -> Iterator[Outcome]:
-    """Plain records as outcomes (a stage with nothing to decide, such as scoring a file)."""
-    for rec in records:
-        yield Outcome(kind, [rec])
