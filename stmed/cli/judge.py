@@ -34,7 +34,6 @@ def judge(
     limit: c.Limit = None, shard: c.Shard = None,
 ) -> int:
     """Judge each record's answers and write (chosen, rejected) preference pairs."""
-    from stmed import registry
     from stmed.judge.cost import load_prices
     from stmed.stages.judge import judge as run_judge
 
@@ -44,7 +43,7 @@ def judge(
         c.fail("--prepare-only and --collect need --backend batch")
     cfg.local = spec
     table = load_prices(prices, price, cfg.judge_model)
-    local = registry.lookup(cfg.backend, registry.JUDGE).name == "hf"
+    local = cfg.local_model
     if not local and not cfg.collect and not cfg.prepare_only:
         from stmed.backends.openai_client import api_key_from_env
 

@@ -116,9 +116,7 @@ class Generator:
         self.tok = loaded.tokenizer
 
     def prompt_of(self, req: GenRequest) -> str:
-        if req.prompt is not None:
-            return req.prompt
-        return render(self.loaded.processor, req.messages, with_image=req.image is not None, continue_as=req.continue_as)
+        return prompt_text(self.loaded.processor, req)
 
     def run(self, requests: Sequence[GenRequest], params: SamplingParams) -> Iterator[tuple[int, GenOutput | Exception]]:
         """Yields (request index, output) as each request's samples are all done (with
@@ -245,16 +243,27 @@ class Generator:
         return self._static[2]
 
 
-def stop_ids(loaded) -> list[int]:
-    """Where a sample ends: the token that ends an assistant turn in this template (the one
-    training appends to every answer: stmed.core.tokens.turn_end), the tokenizer's EOS and the
-    checkpoint's generation_config EOS ids."""
-    from stmed.core.tokens import turn_end
+def prompt_text(processor, req: GenRequest) -> str:
+    """The prompt text a request renders to through the model's chat template (every engine's)."""
+    if req.prompt is not None:
+        return req.prompt
+    return render(processor, req.messages, with_image=req.image is not None, continue_as=req.continue_as)
 
-    ids = [turn_end(loaded.processor).token_id, loaded.tokenizer.eos_token_id]
-    configured = getattr(getattr(loaded.model, "generation_config", None), "eos_token_id", None)
+
+def end_ids(processor, configured=None) -> list[int]:
+    """Where a sample ends: the token that ends an assistant turn in this template (the one
+    training appends to every answer: stmed.core.tokens.turn_end), the tokenizer's EOS and
+    ``configured`` (a checkpoint's generation_config EOS ids)."""
+    from stmed.core.tokens import tokenizer_of, turn_end
+
+    ids = [turn_end(processor).token_id, tokenizer_of(processor).eos_token_id]
     ids += configured if isinstance(configured, list) else [configured]
     return list(dict.fromkeys(i for i in ids if i is not None))
+
+
+def stop_ids(loaded) -> list[int]:
+    """``end_ids`` of a loaded transformers model, its generation_config's EOS included."""
+    return end_ids(loaded.processor, getattr(getattr(loaded.model, "generation_config", None), "eos_token_id", None))
 
 
 def encode_batch(processor, texts: list[str], images: list | None, *, padding_side: str = "left",

@@ -144,9 +144,18 @@ def load_processor(spec: ModelSpec):
     return processor
 
 
+def adapter_config(adapter: str) -> dict:
+    """The adapter folder's adapter_config.json, or one InputError line."""
+    import json
+
+    path = Path(adapter) / "adapter_config.json"
+    if not path.is_file():
+        raise InputError(f"--adapter {adapter}: no adapter_config.json in that folder")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
 def _apply_adapter(model, adapter: str):
     from peft import PeftModel
 
-    if not (Path(adapter) / "adapter_config.json").exists():
-        raise InputError(f"--adapter {adapter}: no adapter_config.json in that folder")
+    adapter_config(adapter)
     return PeftModel.from_pretrained(model, adapter).merge_and_unload()

@@ -21,8 +21,8 @@ import hashlib
 import os
 from collections.abc import Iterator, Sequence
 
-from stmed.core.generate import GenOutput, GenRequest, SamplingParams, cut_at_stop
-from stmed.errors import InputError
+from stmed.core.generate import GenOutput, GenRequest, SamplingParams, cut_at_stop, end_ids, prompt_text
+from stmed.errors import InputError, loading_model
 
 VLLM_SUPPORTED = ("0.32.",)  # vLLM releases whose API this engine was checked against
 
@@ -53,7 +53,7 @@ class VLLMEngine:
     def __init__(self, spec, *, batch_size: int = 256, tensor_parallel_size: int = 1,
                  gpu_memory_utilization: float = 0.9, max_model_len: int | None = None, enforce_eager: bool = False):
         vllm = _import_vllm()
-        from stmed.core.model import ensure_pad_token, load_processor, on_gpu, resolve_device, resolve_dtype
+        from stmed.core.model import adapter_config, ensure_pad_token, load_processor, on_gpu, resolve_device, resolve_dtype
         from stmed.distributed import world
 
         self.spec, self.batch_size = spec, batch_size
@@ -83,38 +83,24 @@ class VLLMEngine:
         if spec.adapter:
             from vllm.lora.request import LoRARequest
 
-            rank = _adapter_rank(spec.adapter)
+            rank = int(adapter_config(spec.adapter).get("r", 8))
             kwargs.update(enable_lora=True, max_lora_rank=max(8, rank), max_loras=1)
             self.lora = LoRARequest("adapter", 1, str(spec.adapter))
-        from stmed.errors import loading_model
-
         with loading_model(spec.model):
             self.llm = vllm.LLM(**kwargs)
         self._vllm = vllm
-        from stmed.core.tokens import turn_end
-
-        ends = [turn_end(self.processor).token_id, self.tokenizer.eos_token_id]
-        self.stop_ids = list(dict.fromkeys(i for i in ends if i is not None))
+        self.stop_ids = end_ids(self.processor)  # vLLM adds the checkpoint's generation_config EOS itself
 
     def describe(self) -> dict:
-        import vllm
-
         return {"backend": self.name, "model": self.spec.model, "adapter": self.spec.adapter, "dtype": self.dtype,
-                "vllm": vllm.__version__}
-
-    def prompt_text(self, req: GenRequest) -> str:
-        from stmed.core.chat import render
-
-        if req.prompt is not None:
-            return req.prompt
-        return render(self.processor, req.messages, with_image=req.image is not None, continue_as=req.continue_as)
+                "vllm": self._vllm.__version__}
 
     def prompt_ids(self, req: GenRequest) -> list[int]:
         """The prompt as token ids with one image placeholder: the transformers engine's prompt
         text through the tokenizer alone (the processor would expand the placeholder; vLLM does)."""
         from stmed.core.tokens import encode
 
-        return encode(self.tokenizer, self.prompt_text(req))
+        return encode(self.tokenizer, prompt_text(self.processor, req))
 
     def _sampling(self, params: SamplingParams, seed: int, **extra):
         greedy = params.greedy
@@ -164,7 +150,7 @@ class VLLMEngine:
 
         prompts, sampling, where = [], [], []
         for r, req in enumerate(requests):
-            text = self.prompt_text(req)
+            text = prompt_text(self.processor, req)
             drop, tokens = divergence(self.tokenizer, text, choices)
             prefix = encode(self.tokenizer, text + choices[0])[:-drop]  # where the choices first differ
             for c, token in zip(choices, tokens):
@@ -176,13 +162,3 @@ class VLLMEngine:
                                                                 lora_request=self.lora)):
             results[r][c] = float(res.prompt_logprobs[-1][token].logprob)
         return results
-
-
-def _adapter_rank(folder) -> int:
-    import json
-    from pathlib import Path
-
-    cfg = Path(folder) / "adapter_config.json"
-    if not cfg.is_file():
-        raise InputError(f"--adapter {folder}: no adapter_config.json in that folder")
-    return int(json.loads(cfg.read_text(encoding="utf-8")).get("r", 8))

@@ -66,7 +66,7 @@ class JudgeConfig:
     max_batch_bytes: int = 190 * 1024 * 1024  # under OpenAI's 200 MB file limit
 
     def __post_init__(self) -> None:
-        registry.lookup(self.backend, registry.JUDGE)  # an unknown name: one line with "did you mean"
+        self.entry = registry.lookup(self.backend, registry.JUDGE)  # an unknown name: one line, "did you mean"
         registry.require(registry.lookup(self.engine, flag="--engine"), "logprobs", "the local judge's fallback")
         if self.policy not in POLICIES:
             raise InputError(f"--policy {self.policy!r}: expected one of {', '.join(POLICIES)}")
@@ -77,19 +77,25 @@ class JudgeConfig:
         self.prompt = JudgePrompt.from_file(self.prompt_file) if self.prompt_file else JudgePrompt()
 
     @property
+    def local_model(self) -> bool:
+        """A judge model loaded here (--backend local), not one behind an API."""
+        return self.entry.name == "hf"
+
+    @property
     def use_json(self) -> bool:
-        if registry.lookup(self.backend, registry.JUDGE).name == "hf":  # a local model reads plain text
+        if self.local_model:  # a local model reads plain text
             return False
         return self.json_mode == "on" or (self.json_mode == "auto" and self.base_url is None)
 
     def model_spec(self) -> ModelSpec:
-        """The local judge model, loaded by the hf engine like any other model."""
+        """The local judge model, loaded by its engine (--engine) like any other model."""
         return replace(self.local, model=self.judge_model)
 
     def describe(self) -> dict:
         """The settings recorded in every output and in _meta (no secrets: the key is never here)."""
         return {"model": self.judge_model, "prompt_version": self.prompt.version, "policy": self.policy,
-                "min_margin": self.min_margin, "temperature": self.temperature, "backend": self.backend}
+                "min_margin": self.min_margin, "temperature": self.temperature, "backend": self.backend,
+                **({"engine": self.engine} if self.local_model and self.engine != "hf" else {})}
 
 
 def run(cfg: JudgeConfig, records: list, stats: JudgeStats | None = None, *, cache=None) -> Iterator[Outcome]:
@@ -99,7 +105,7 @@ def run(cfg: JudgeConfig, records: list, stats: JudgeStats | None = None, *, cac
         from stmed.judge.cache import NoCache
 
         cache = NoCache()
-    yield from registry.lookup(cfg.backend, registry.JUDGE).load(registry.JUDGE)(cfg, records, stats, cache)
+    yield from cfg.entry.load(registry.JUDGE)(cfg, records, stats, cache)
 
 
 def judge(cfg: JudgeConfig, records: list, files: Files, *, cache=None, prices: dict | None = None,
