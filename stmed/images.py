@@ -34,7 +34,10 @@ class ImageInfo:
 
 
 def resolve_path(image: str, base_dir: Path | None = None, image_root: Path | None = None) -> Path:
-    """An image path from a record: absolute, or relative to --image-root, else the input's folder."""
+    """An image path from a record: absolute, or relative to --image-root, else the input's folder.
+    Paths are not confined to the root: a record may name any file this user can read."""
+    if "\x00" in image:
+        raise ImageError(f"{image!r}: not a file path (it holds a NUL character)")
     p = Path(image).expanduser()
     if p.is_absolute():
         return p

@@ -78,6 +78,8 @@ def read_records(path: str | Path, *, assign_ids: bool = True, unique_ids: bool 
             raise InputError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
         if not isinstance(data, dict):
             raise InputError(f"{where}: expected a JSON object, got {type(data).__name__}")
+        if "\\u" in text and not _is_unicode(data):
+            raise InputError(f"{where}: not valid Unicode (a \\uD800-\\uDFFF escape without its pair)")
         if "id" not in data and assign_ids:
             data = {"id": f"{data.get('image', 'line')}:{lineno}", **data}
         if "id" in data:
@@ -92,6 +94,16 @@ def read_records(path: str | Path, *, assign_ids: bool = True, unique_ids: bool 
                 first_line[data["id"]] = lineno
         records.append(Record.at(data, where, base))
     return records
+
+
+def _is_unicode(data: dict) -> bool:
+    """Whether every string in a parsed line is real text: JSON's \\u escapes can spell half a
+    surrogate pair, which no file, terminal or later stage can write."""
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def require(record: Record, *fields: str, types: dict[str, type] | None = None) -> None:

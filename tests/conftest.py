@@ -40,3 +40,8 @@ def run_stmed(*args: str, input: str | bytes | None = None, cwd: Path | None = N
                           cwd=cwd or ROOT, env=full_env, timeout=timeout)
     proc.stdout, proc.stderr = proc.stdout.decode("utf-8", "replace"), proc.stderr.decode("utf-8", "replace")
     return proc
+
+
+def pytest_addoption(parser):
+    parser.addoption("--fuzz-long", action="store_true",
+                     help="tests/test_fuzz.py: 20 times the examples, not derandomized (a deeper local run)")

@@ -142,10 +142,25 @@ def request_body(req: ChatRequest, model: str) -> dict:
 
 
 def result_from_completion(data: dict) -> ChatResult:
-    choices = sorted(data.get("choices") or [], key=lambda c: c.get("index", 0))
-    texts = [((c.get("message") or {}).get("content") or "") for c in choices]
-    u = data.get("usage") or {}
-    return ChatResult(texts, Usage(int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0)))
+    """The texts and token counts of a chat-completion body; RequestFailed for a body of another
+    shape (choices that are not objects, content that is not text), as servers and files can hold."""
+    choices = data.get("choices") or []
+    if not isinstance(choices, list) or not all(isinstance(c, dict) for c in choices):
+        raise RequestFailed("the reply's 'choices' is not a list of objects")
+    texts = []
+    for c in sorted(choices, key=lambda c: c.get("index") if isinstance(c.get("index"), int) else 0):
+        message = c.get("message") or {}
+        content = message.get("content") if isinstance(message, dict) else None
+        if content is not None and not isinstance(content, str):
+            raise RequestFailed(f"the reply's message content is {type(content).__name__}, not text")
+        texts.append(content or "")
+    u = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+    return ChatResult(texts, Usage(_count(u.get("prompt_tokens")), _count(u.get("completion_tokens"))))
+
+
+def _count(value) -> int:
+    """A token count from a reply's usage: 0 where a server left it out or wrote something else."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
 class OpenAIClient:

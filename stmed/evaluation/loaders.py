@@ -87,7 +87,7 @@ class ImageFinder:
         for folder in self.folders:
             for suffix in self.suffixes:
                 cand = folder / (name + suffix)
-                if cand.is_file():
+                if os.path.isfile(cand):  # False, not OSError, for a name too long or holding NUL
                     if folder is not self.folders[0]:
                         self.folders.remove(folder)
                         self.folders.insert(0, folder)  # the next image is almost surely here too

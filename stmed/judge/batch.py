@@ -75,20 +75,28 @@ def read_outputs(paths: list[str | Path]) -> dict[str, tuple[ChatResult | None, 
     for path in map(Path, paths):
         if not path.exists():
             raise InputError(f"{path}: no such file")
-        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if path.is_dir():
+            raise InputError(f"{path}: is a folder, expected a Batch API output file")
+        for lineno, line in enumerate(path.read_bytes().split(b"\n"), start=1):
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                row = json.loads(line.decode("utf-8"))
                 cid = row["custom_id"]
+                if not isinstance(cid, str):
+                    raise TypeError
             except (ValueError, KeyError, TypeError):
                 raise InputError(f"{path}:{lineno}: not a Batch API output line (needs custom_id)") from None
-            resp, err = row.get("response") or {}, row.get("error")
-            body = resp.get("body") if isinstance(resp, dict) else None
+            resp, err = row.get("response"), row.get("error")
+            resp = resp if isinstance(resp, dict) else {}
+            body = resp.get("body")
             if not err and resp.get("status_code") == 200 and isinstance(body, dict) and body.get("choices"):
-                from stmed.backends.openai_client import result_from_completion
+                from stmed.backends.openai_client import RequestFailed, result_from_completion
 
-                replies[cid] = (result_from_completion(body), None)
+                try:
+                    replies[cid] = (result_from_completion(body), None)
+                except RequestFailed as e:
+                    replies[cid] = (None, f"{path}:{lineno}: {e}")
             elif cid not in replies or replies[cid][0] is None:
                 msg = err.get("message") if isinstance(err, dict) else None
                 if not msg and isinstance(body, dict) and isinstance(body.get("error"), dict):

@@ -19,5 +19,5 @@ def stllava_record(pair: dict) -> dict:
 
 def export_stllava(pairs_path: Path, out: Path) -> None:
     """The whole pairs file, converted (so it stays right across resumed runs); a JSON list, as their loader reads."""
-    rows = [stllava_record(json.loads(line)) for line in pairs_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = [stllava_record(json.loads(line)) for line in pairs_path.read_text(encoding="utf-8").split("\n") if line.strip()]
     write_json(out, rows, indent=1)

@@ -22,14 +22,21 @@ def record_image(rec: Record, image_root: Path | None = None, pad_square: bool =
         raise RecordError(f"{rec.where}: field 'image' must be str, got {type(image).__name__}")
     if not image:
         raise RecordError(f"{rec.where}: missing field 'image'")
-    path = resolve_path(image, rec.base_dir, image_root)
     try:
+        path = resolve_path(image, rec.base_dir, image_root)
         stat = path.stat()
         return _load(str(path), stat.st_mtime_ns, stat.st_size, pad_square, max_pixels)
     except FileNotFoundError:
         raise RecordError(f"{rec.where}: {path}: image not found") from None
     except RecordError as e:
         raise RecordError(f"{rec.where}: {e}") from None
+    except OSError as e:  # a name too long, a permission denied
+        raise RecordError(f"{rec.where}: {_short(image)}: cannot read the image ({e.strerror or e})") from None
+
+
+def _short(text: str, limit: int = 200) -> str:
+    """A path as an error message shows it: a 5,000-character one cut to its ends."""
+    return text if len(text) <= limit else f"{text[:limit // 2]}...{text[-limit // 2:]}"
 
 
 @lru_cache(maxsize=8)

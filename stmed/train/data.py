@@ -55,13 +55,15 @@ def check_image(record: Record, image_root: Path | None) -> Path:
     image = record.get("image")
     if not isinstance(image, str) or not image:
         raise RecordError(f"{record.where}: missing field 'image'")
-    path = resolve_path(image, record.base_dir, image_root)
-    if not path.is_file():
-        raise RecordError(f"{record.where}: image not found: {path}")
     try:
+        path = resolve_path(image, record.base_dir, image_root)
+        if not path.is_file():
+            raise RecordError(f"image not found: {path}")
         _decodes(str(path))
     except RecordError as e:
         raise RecordError(f"{record.where}: {e}") from None
+    except OSError as e:  # a name too long, a permission denied
+        raise RecordError(f"{record.where}: cannot read the image ({e.strerror or e})") from None
     return path
 
 
