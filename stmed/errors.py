@@ -43,7 +43,20 @@ def loading_model(model: str):
     except ImportError as e:  # Qwen2-VL's video processor, for one, needs torchvision
         raise InputError(f"-m {model}: its processor needs a library that is missing here ({e}); for "
                          "torchvision, install the release built for your torch (torch 2.N pairs with torchvision 0.N+15)") from None
-    except (OSError, ValueError) as e:
+    except Exception as e:
+        if _damaged_file(e):
+            raise InputError(f"-m {model}: a weights file is damaged or cut short ({type(e).__name__}: "
+                             f"{str(e).strip()[:160]}); download it again (for a Hub model, delete its folder "
+                             "from the Hugging Face cache)") from None
+        if not isinstance(e, (OSError, ValueError)):
+            raise
         lines = str(e).strip().splitlines()
         raise InputError(f"-m {model}: cannot load a vision-language model "
                          f"({lines[0] if lines else type(e).__name__})") from None
+
+
+def _damaged_file(e: Exception) -> bool:
+    """A weights file that does not read whole: safetensors' error, or a torch pickle cut short."""
+    import pickle
+
+    return type(e).__name__ == "SafetensorError" or isinstance(e, (pickle.UnpicklingError, EOFError))

@@ -82,8 +82,9 @@ def _images(root: Path) -> dict[str, str]:
 
 
 def check_records_run(code: int, stderr: str, src: Path, out: Path, before: bytes, case: FileCase,
-                      errors: Path) -> None:
-    """The rules of DESIGN.md section 4 for a stage that writes records to ``out``."""
+                      errors: Path, *, resumes: bool = True) -> None:
+    """The rules of DESIGN.md section 4 for a stage that writes records to ``out`` (``resumes``:
+    it keeps an earlier run's records; scoring a predictions file instead rewrites it whole)."""
     assert code in (0, 1, 2), (code, stderr)
     if code == 2:
         lines = [ln for ln in stderr.splitlines() if ln.strip()]
@@ -95,7 +96,7 @@ def check_records_run(code: int, stderr: str, src: Path, out: Path, before: byte
     text = out.read_text(encoding="utf-8")
     assert text.endswith("\n")
     ids = [json.loads(line)["id"] for line in text.split("\n") if line]
-    assert ids[0] == "earlier", "the earlier run's record was lost"
+    assert ids[0] == "earlier" if resumes else "earlier" not in ids, "the earlier run's record was lost"
     assert len(ids) == len(set(ids)), f"duplicated: {ids}"
     if code == 1:
         entries = [json.loads(line) for line in errors.read_text(encoding="utf-8").split("\n") if line]
@@ -184,7 +185,9 @@ def test_eval_predictions(server, cli, request):
             before = out.read_bytes()
             code, _, stderr = cli("eval", "--bench", "jsonl", "--data", bench, "--predictions", src, "--bootstrap", "0",
                                   "-o", out, "-q")
-            check_records_run(code, stderr, src, out, before, case, d / "out.errors.jsonl")
+            check_records_run(code, stderr, src, out, before, case, d / "out.errors.jsonl", resumes=False)
+            if code != 2:
+                assert sorted(json.loads(line)["id"] for line in out.read_text().split("\n") if line) == ["a", "b", "c"]
             record_kind("eval --predictions", case.kind, code)
 
     run()
@@ -314,3 +317,148 @@ def test_inspect_images(cli, tiny_model, request, monkeypatch):
             record_kind("inspect", kind, code)
 
     run()
+
+
+# --- what comes back from outside: judge replies, server errors, Batch API files --------------------
+
+class ReplyServer:
+    """A loopback chat-completions endpoint that answers every request with ``self.reply``:
+    (status, body bytes), or None to drop the connection without a reply."""
+
+    def __init__(self):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if outer.reply is None:
+                    self.close_connection = True
+                    self.connection.shutdown(2)
+                    return
+                status, body = outer.reply
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.reply: tuple[int, bytes] | None = (200, b"{}")
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.httpd.handle_error = lambda *a: None  # a client that hangs up is the point, not news
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def completion_body(content, **fields) -> bytes:
+    body = {"id": "chatcmpl-fuzz", "object": "chat.completion", "created": 0, "model": "gpt-4o",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 100, "completion_tokens": 5, "total_tokens": 105}, **fields}
+    return json.dumps(body).encode()
+
+
+@st.composite
+def judge_replies(draw) -> tuple[str, tuple[int, bytes] | None]:
+    """A judge's reply as servers and models give them."""
+    kind = draw(st.sampled_from(["reply text", "reply text", "reply body", "HTTP status", "dropped connection"]))
+    if kind == "reply text":
+        text = draw(st.one_of(
+            st.sampled_from(["", "8", "8 3 and more", "11 3", "-1 5", "0 0", "nan nan", "1e309 2", "7 7",
+                             "I'm sorry, I can't help with comparing medical answers.",
+                             'Sure! Here are the scores: {"score_1": 8, "score_2": 3} Hope this helps.',
+                             '{"score_1": "8", "score_2": "3"}', '{"score_1": [8], "score_2": {"x": 3}}',
+                             '{"score_1": 8}', '```json\n{"score_1": 9, "score_2": 2}\n```', "x" * (10 << 20)]),
+            st.text(max_size=60)))
+        which = ("a 10 MB reply" if len(text) > 1000 else "JSON in prose" if "Sure!" in text
+                 else "a refusal" if "sorry" in text else "scores out of range" if text in ("11 3", "-1 5", "0 0", "1e309 2")
+                 else "empty" if text == "" else "other text")
+        return f"reply: {which}", (200, completion_body(text))
+    if kind == "reply body":
+        body = draw(st.sampled_from([
+            b"", b"not json", b'{"choices": []}', b'{"choices": null}', b'{"choices": [{"message": null}]}',
+            b'{"choices": "yes"}', b'{"choices": [1, 2]}', completion_body(None), completion_body(["8", "3"]),
+            completion_body({"text": "8 3"}), completion_body("8 3", usage={"prompt_tokens": "many"}),
+            completion_body("8 3")[:40]]))
+        return "reply body of another shape", (200, body)
+    if kind == "HTTP status":
+        status = draw(st.sampled_from([400, 401, 403, 404, 408, 413, 429, 500, 502, 503]))
+        return f"HTTP {status}", (status, json.dumps({"error": {"message": f"status {status}"}}).encode())
+    return "dropped connection", None
+
+
+@pytest.fixture(scope="module")
+def reply_server():
+    srv = ReplyServer()
+    yield srv
+    srv.close()
+
+
+def test_judge_replies(reply_server, cli, request, monkeypatch):
+    """Whatever the judge server answers, each record ends as a pair, a skipped record or a failed
+    one (exit 0 or 1), or the run stops with one line (a refused key or model, exit 2)."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-fuzz")
+
+    @budget(request, 30)
+    @given(case=judge_replies())
+    def run(case):
+        kind, reply = case
+        reply_server.reply = reply
+        with folder() as d:
+            images = _images(d)
+            src, out = d / "in.jsonl", d / "pairs.jsonl"
+            src.write_text("".join(json.dumps(good("judge", i, images["a"])) + "\n" for i in "ab"))
+            code, _, stderr = cli("judge", src, "--backend", "openai", "--base-url", reply_server.base_url,
+                                  "--judge-model", "gpt-4o", "--no-cache", "--max-request-time", "0.5",
+                                  "--timeout", "5", "-o", out, "-q")
+            check_stopped_or_done(code, stderr)
+            if code != 2:
+                ends = {}
+                for name in ("pairs.jsonl", "pairs.skipped.jsonl", "pairs.errors.jsonl"):
+                    p = d / name
+                    for line in (p.read_text(encoding="utf-8").split("\n") if p.exists() else []):
+                        if line:
+                            rec = json.loads(line)
+                            assert rec["id"] not in ends, f"{rec['id']} in {ends[rec['id']]} and {name}"
+                            ends[rec["id"]] = name
+                assert set(ends) == {"a", "b"}, ends
+                assert out.stat().st_size < (1 << 20), "a huge reply was copied into the pairs"
+            record_kind("judge (server replies)", kind, code)
+
+    run()
+
+
+@pytest.mark.parametrize("damaged", ["model.safetensors", "config.json", "tokenizer.json", "processor_config.json"])
+def test_truncated_file_in_the_hub_cache(damaged, tiny_model, tmp_path):
+    """A download cut short in the Hugging Face cache (offline, as a user's cache would be): one
+    line naming the model, exit 2, not a traceback from safetensors, json or tokenizers."""
+    import shutil
+
+    from conftest import run_stmed
+
+    repo = tmp_path / "hf" / "hub" / "models--stmed--tiny"
+    snapshot = repo / "snapshots" / "0123abcd"
+    shutil.copytree(tiny_model, snapshot)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abcd")
+    data = (snapshot / damaged).read_bytes()
+    (snapshot / damaged).write_bytes(data[: len(data) // 2])
+    image = sorted(EXAMPLE_IMAGES.glob("*.jpg"))[0]
+    proc = run_stmed("inspect", image, "-m", "stmed/tiny", "--device", "cpu", "-n", "1", "--max-new-tokens", "2",
+                     env={"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines()[-1].startswith("stmed: error: -m stmed/tiny: "), proc.stderr
+    record_kind("any model command (Hub cache)", f"truncated {damaged}", proc.returncode)

@@ -31,8 +31,38 @@ def load_summary(path: str | Path) -> dict:
         raise InputError(f"{p}: not a JSON summary ({e})") from None
     if not isinstance(data, dict) or not isinstance(data.get("metrics"), dict):
         raise InputError(f"{p}: not an stmed eval summary (no 'metrics'); pass the file from --summary")
+    problem = _summary_problem(data)
+    if problem:
+        raise InputError(f"{p}: not an stmed eval summary ({problem})")
     data.setdefault("name", p.stem)
     return data
+
+
+def _number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _summary_problem(data: dict) -> str | None:
+    """What in a summary's shape the tables cannot show (a hand-edited or another tool's file), or None."""
+    for key in ("benchmark", "run"):
+        if not isinstance(data.get(key, {}), dict):
+            return f"{key!r} must be an object"
+    for key in ("bench", "lang"):
+        if not isinstance(data.get("benchmark", {}).get(key, ""), (str, type(None))):
+            return f"'benchmark.{key}' must be a string"
+    if not isinstance(data.get("run", {}).get("prompt", {}), dict):
+        return "'run.prompt' must be an object"
+    for name, entry in data["metrics"].items():
+        if entry is None:
+            continue
+        if not isinstance(entry, dict):
+            return f"'metrics.{name}' must be an object"
+        if entry.get("value") is not None and not _number(entry["value"]):
+            return f"'metrics.{name}.value' must be a number"
+        ci = entry.get("ci95")
+        if ci is not None and not (isinstance(ci, list) and len(ci) == 2 and all(map(_number, ci))):
+            return f"'metrics.{name}.ci95' must be two numbers"
+    return None
 
 
 def cell(entry: dict | None, *, ci: bool = True) -> str:
