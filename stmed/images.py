@@ -36,12 +36,16 @@ class ImageInfo:
 def resolve_path(image: str, base_dir: Path | None = None, image_root: Path | None = None) -> Path:
     """An image path from a record: absolute, or relative to --image-root, else the input's folder.
     Paths are not confined to the root: a record may name any file this user can read."""
-    if "\x00" in image:
-        raise ImageError(f"{image!r}: not a file path (it holds a NUL character)")
     p = Path(image).expanduser()
     if p.is_absolute():
         return p
     return (image_root or base_dir or Path.cwd()) / p
+
+
+def short_path(path: str | Path, limit: int = 200) -> str:
+    """A path as an error message shows it: a 5,000-character one cut to its ends."""
+    text = str(path)
+    return text if len(text) <= limit else f"{text[:limit // 2]}...{text[-limit // 2:]}"
 
 
 def is_dicom(path: Path, head: bytes) -> bool:
@@ -51,12 +55,15 @@ def is_dicom(path: Path, head: bytes) -> bool:
 def load_image(path: str | Path, *, max_pixels: int = MAX_PIXELS) -> tuple["Image.Image", ImageInfo]:  # noqa: F821
     """Open an image file as RGB, or raise ImageError with one sentence naming the file."""
     path = Path(path)
-    if not path.exists():
-        raise ImageError(f"{path}: image not found")
-    if path.is_dir():
-        raise ImageError(f"{path}: is a folder, not an image")
-    with open(path, "rb") as f:
-        head = f.read(132)
+    try:
+        if not path.exists():
+            raise ImageError(f"{path}: image not found")
+        if path.is_dir():
+            raise ImageError(f"{path}: is a folder, not an image")
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError as e:  # a name too long, a permission denied
+        raise ImageError(f"{short_path(path)}: cannot read the image ({e.strerror or e})") from None
     if not head:
         raise ImageError(f"{path}: empty file")
     if is_dicom(path, head):

@@ -1,15 +1,13 @@
 """Malformed inputs for the fuzz suite (tests/test_fuzz.py): good records of every stage, and
 hypothesis strategies that break them the ways files from other tools and hand edits do.
 
-Each strategy draws a *kind* (named in docs/reliability.md's fuzz table) and the bytes of one
-input file: a good record, the broken line (line 2), another good record.
+Each kind of broken input (FILE_KINDS, named as in docs/reliability.md's fuzz table) is a
+strategy for the bytes of one input file: a good record, the broken line 2, another good record.
 """
 
 from __future__ import annotations
 
 import json
-import math
-from dataclasses import dataclass
 from pathlib import Path
 
 from hypothesis import strategies as st
@@ -41,7 +39,7 @@ def good(command: str, rid: str, image: str) -> dict:
             {"from": "human", "value": "Is it enlarged?"}, {"from": "gpt", "value": "Yes."}]}
     if command == "eval":
         return {**base, "question": "Is the liver enlarged?", "answer": "yes", "answer_type": "CLOSED"}
-    if command == "eval-predictions":
+    if command == "eval --predictions":
         return {**base, "question": "What organ is shown?", "answer": "liver", "answer_type": "OPEN",
                 "prediction": "The liver.", "bench": "jsonl"}
     raise AssertionError(command)
@@ -96,19 +94,22 @@ values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=
                       max_leaves=6)
 
 
-@dataclass
-class Mutation:
-    kind: str  # the row of the docs table it counts under
-    record: object  # what line 2 holds: a JSON value, or raw bytes
+RECORD_KINDS = ["wrong type", "missing field", "extra field", "not an object", "several at once"]
+PATH_KINDS = ["escapes", "absolute outside", "symlink", "folder", "missing", "empty string", "nul byte", "very long"]
+BYTE_KINDS = ["non-UTF-8", "NUL bytes", "lone surrogate", "torn line", "not JSON"]
+LAYOUT_KINDS = ["BOM", "CRLF", "blank lines", "no final newline", "one huge line"]
+# every kind of input file, with how many examples the default run draws of it (fixed ones need one)
+FILE_KINDS = {**{k: 8 for k in RECORD_KINDS}, **{f"image path: {k}": 1 for k in PATH_KINDS},
+              **{f"bytes: {k}": 3 if k == "not JSON" else 1 for k in BYTE_KINDS},
+              **{f"layout: {k}": 1 for k in LAYOUT_KINDS}, "duplicate ids": 2}
 
 
 @st.composite
-def record_mutations(draw, base: dict) -> Mutation:
-    """Line 2 of the file: the good record with one or more of its fields broken."""
-    kind = draw(st.sampled_from(["wrong type", "missing field", "extra field", "not an object", "several at once"]))
-    rec = base
+def broken_record(draw, base: dict, kind: str):
+    """The good record ``base`` with one or more of its fields broken (or not an object at all)."""
     if kind == "not an object":
-        return Mutation(kind, draw(st.one_of(scalars, st.lists(scalars, max_size=3))))
+        return draw(st.one_of(scalars, st.lists(scalars, max_size=3)))
+    rec = base
     steps = draw(st.integers(2, 4)) if kind == "several at once" else 1
     for _ in range(steps):
         op = kind if kind != "several at once" else draw(st.sampled_from(["wrong type", "missing field", "extra field"]))
@@ -119,58 +120,43 @@ def record_mutations(draw, base: dict) -> Mutation:
             rec = del_path(rec, draw(st.sampled_from(known)))
         else:
             rec = {**rec, draw(st.text(min_size=1, max_size=8)): draw(values)}
-    return Mutation(kind, rec)
+    return rec
 
 
-@dataclass
-class FileCase:
-    kind: str
-    body: bytes
-    bad_line: int | None  # the line that must be reported, when the kind is a per-record one
+def line(record) -> bytes:
+    return json.dumps(record, ensure_ascii=False).encode("utf-8", "surrogatepass") + b"\n"
 
 
 @st.composite
-def input_files(draw, command: str, images: dict[str, str]) -> FileCase:
-    """A whole input file: good record a, a broken line 2 (or a broken file), good record c."""
-    a, c = good(command, "a", images["a"]), good(command, "c", images["c"])
-    b = good(command, "b", images["c"])
-    line = lambda r: json.dumps(r, ensure_ascii=False).encode("utf-8", "surrogatepass") + b"\n"  # noqa: E731
-    kind = draw(st.sampled_from(["record", "record", "record", "image path", "bytes", "layout", "duplicate ids"]))
-    if kind == "record":
-        m = draw(record_mutations(b))
-        return FileCase(m.kind, line(a) + line(m.record) + line(c), 2)
-    if kind == "image path":
-        which = draw(st.sampled_from(["escapes", "absolute outside", "symlink", "folder", "missing", "empty string",
-                                      "nul byte", "very long"]))
+def input_files(draw, command: str, images: dict[str, str], kind: str) -> bytes:
+    """A whole input file of ``kind`` (a key of FILE_KINDS): good record a, a broken line 2 (or a
+    broken layout), good record c."""
+    a, b, c = (good(command, rid, images["c" if rid == "b" else rid]) for rid in "abc")
+    if kind in RECORD_KINDS:
+        return line(a) + line(draw(broken_record(b, kind))) + line(c)
+    group, _, which = kind.partition(": ")
+    if group == "image path":
         image = {"escapes": "../" * 12 + "etc/hostname", "absolute outside": "/etc/hostname",
                  "symlink": images["link"], "folder": images["dir"], "missing": images["missing"], "empty string": "",
                  "nul byte": "a\x00b.jpg", "very long": "x" * 5000 + ".jpg"}[which]
-        return FileCase(f"image path: {which}", line(a) + line({**b, "image": image}) + line(c), 2)
-    if kind == "bytes":
-        which = draw(st.sampled_from(["non-UTF-8", "NUL bytes", "lone surrogate", "torn line", "not JSON"]))
+        return line(a) + line({**b, "image": image}) + line(c)
+    if group == "bytes":
         raw = {"non-UTF-8": b'{"id": "b", "q": "\xff\xfe"}', "NUL bytes": b"\x00\x00{}",
                "lone surrogate": b'{"id": "b", "image": "\\ud800"}', "torn line": line(b)[: len(line(b)) // 2],
                "not JSON": draw(st.binary(min_size=1, max_size=40)).replace(b"\n", b" ")}[which]
-        return FileCase(f"bytes: {which}", line(a) + raw + b"\n" + line(c), 2)
-    if kind == "layout":
-        which = draw(st.sampled_from(["BOM", "CRLF", "blank lines", "no final newline", "one huge line"]))
+        return line(a) + raw + b"\n" + line(c)
+    if group == "layout":
         if which == "BOM":
-            body = b"\xef\xbb\xbf" + line(a) + line(b) + line(c)
-        elif which == "CRLF":
-            body = (line(a) + line(b) + line(c)).replace(b"\n", b"\r\n")
-        elif which == "blank lines":
-            body = b"\n \n" + line(a) + b"\t\n" + line(b) + b"\n\n" + line(c) + b"\n"
-        elif which == "no final newline":
-            body = line(a) + line(b) + line(c)[:-1]
-        else:  # a 10 MB field in an otherwise good record
-            body = line(a) + line({**b, "note": "x" * (10 << 20)}) + line(c)
-        return FileCase(f"layout: {which}", body, None)
-    first = draw(st.sampled_from(["a", "c"]))
-    return FileCase(kind, line(a) + line({**b, "id": first}) + line(c), 3)
-
-
-def finite(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+            return b"\xef\xbb\xbf" + line(a) + line(b) + line(c)
+        if which == "CRLF":
+            return (line(a) + line(b) + line(c)).replace(b"\n", b"\r\n")
+        if which == "blank lines":
+            return b"\n \n" + line(a) + b"\t\n" + line(b) + b"\n\n" + line(c) + b"\n"
+        if which == "no final newline":
+            return line(a) + line(b) + line(c)[:-1]
+        return line(a) + line({**b, "note": "x" * (10 << 20)}) + line(c)  # a 10 MB field in a good record
+    assert kind == "duplicate ids", kind
+    return line(a) + line({**b, "id": draw(st.sampled_from(["a", "c"]))}) + line(c)
 
 
 def image_dir_entries(root: Path, good_image: Path) -> dict[str, str]:

@@ -7,8 +7,9 @@ file:line and the run goes on; a run that stops writes nothing; an earlier run's
 Commands run in this process (typer's test runner) against the loopback OpenAI-compatible server
 or the tiny model, so one example costs milliseconds to a second. The budget is fixed (a few
 minutes of the suite, derandomized); ``pytest tests/test_fuzz.py --fuzz-long`` runs 20 times as
-many examples. Each kind tried and what it gave is collected into docs/reliability.md's fuzz table
-(``python tests/test_fuzz.py --write-docs`` after a run with STMED_FUZZ_TABLE set).
+many examples. Each kind tried and the exit codes it gave make docs/reliability.md's fuzz table;
+the last test fails when the table is stale (``STMED_WRITE_DOCS=1 pytest tests/test_fuzz.py``
+rewrites it).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from hypothesis import strategies as st
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from conftest import EXAMPLE_IMAGES  # noqa: E402
-from fuzz_inputs import FileCase, good, image_dir_entries, input_files, summary  # noqa: E402
+from fuzz_inputs import FILE_KINDS, good, image_dir_entries, input_files, summary  # noqa: E402
 from openai_server import serve  # noqa: E402
 
 EARLIER = {"id": "earlier", "note": "a record from an earlier run"}
@@ -81,8 +82,8 @@ def _images(root: Path) -> dict[str, str]:
     return image_dir_entries(root / "images", sorted(EXAMPLE_IMAGES.glob("*.jpg"))[0])
 
 
-def check_records_run(code: int, stderr: str, src: Path, out: Path, before: bytes, case: FileCase,
-                      errors: Path, *, resumes: bool = True) -> None:
+def check_records_run(code: int, stderr: str, src: Path, out: Path, before: bytes, errors: Path, *,
+                      resumes: bool = True) -> None:
     """The rules of DESIGN.md section 4 for a stage that writes records to ``out`` (``resumes``:
     it keeps an earlier run's records; scoring a predictions file instead rewrites it whole)."""
     assert code in (0, 1, 2), (code, stderr)
@@ -125,6 +126,23 @@ def stage_argv(command: str, src: Path, out: Path, server) -> list:
     raise AssertionError(command)
 
 
+def each_kind(request, command: str, check, scale: float = 1.0, label: str | None = None) -> None:
+    """For every kind of broken input file (fuzz_inputs.FILE_KINDS), its budget of examples of
+    ``command``'s records: ``check(folder, images, src)`` runs a command on ``src`` and returns its
+    exit code, counted in the docs table under ``label`` (default: the command)."""
+    for kind, n in FILE_KINDS.items():
+        @budget(request, max(1, round(n * scale)))
+        @given(data=st.data())
+        def run(data):
+            with folder() as d:
+                images = _images(d)
+                src = d / "in.jsonl"
+                src.write_bytes(data.draw(input_files(command, images, kind), label=kind))
+                record_kind(label or command, kind, check(d, images, src))
+
+        run()
+
+
 RECORD_STAGES = ["gen-questions", "answer", "judge", "eval"]
 
 
@@ -132,32 +150,26 @@ RECORD_STAGES = ["gen-questions", "answer", "judge", "eval"]
 def test_stage_inputs(command, server, cli, request, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-fuzz")
 
-    @budget(request, 30)
-    @given(data=st.data())
-    def run(data):
-        with folder() as d:
-            monkeypatch.setenv("STMED_HOME", str(d))
-            case = data.draw(input_files(command, _images(d)), label="input")
-            src, out = d / "in.jsonl", d / "out.jsonl"
-            src.write_bytes(case.body)
-            out.write_text(json.dumps(EARLIER) + "\n")
-            before = out.read_bytes()
-            code, _, stderr = cli(*stage_argv(command, src, out, server))
-            check_records_run(code, stderr, src, out, before, case, d / "out.errors.jsonl")
-            record_kind(command, case.kind, code)
+    def check(d, images, src):
+        monkeypatch.setenv("STMED_HOME", str(d))
+        out = d / "out.jsonl"
+        out.write_text(json.dumps(EARLIER) + "\n")
+        before = out.read_bytes()
+        code, _, stderr = cli(*stage_argv(command, src, out, server))
+        check_records_run(code, stderr, src, out, before, d / "out.errors.jsonl")
+        return code
 
-    run()
+    each_kind(request, command, check)
 
 
 # --- the kinds tried, for docs/reliability.md --------------------------------------------------------
 
-TABLE_FILE = os.environ.get("STMED_FUZZ_TABLE")  # where a run collects (command, kind, exit) rows
+TRIED: dict[tuple[str, str], dict[int, int]] = {}  # (command, kind) -> {exit code: examples}
 
 
 def record_kind(command: str, kind: str, code: int) -> None:
-    if TABLE_FILE:
-        with open(TABLE_FILE, "a", encoding="utf-8") as f:
-            f.write(json.dumps([command, kind, code]) + "\n")
+    seen = TRIED.setdefault((command, kind), {})
+    seen[code] = seen.get(code, 0) + 1
 
 
 # --- files scored, trained on and shown ----------------------------------------------------------------
@@ -172,25 +184,19 @@ def check_stopped_or_done(code: int, stderr: str) -> None:
 def test_eval_predictions(server, cli, request):
     """``eval --predictions``: a prediction file from another tool, scored against a good benchmark."""
 
-    @budget(request, 30)
-    @given(data=st.data())
-    def run(data):
-        with folder() as d:
-            images = _images(d)
-            bench, src, out = d / "bench.jsonl", d / "pred.jsonl", d / "out.jsonl"
-            bench.write_text("".join(json.dumps(good("eval", i, images["a"])) + "\n" for i in "abc"))
-            case = data.draw(input_files("eval-predictions", images), label="predictions")
-            src.write_bytes(case.body)
-            out.write_text(json.dumps(EARLIER) + "\n")
-            before = out.read_bytes()
-            code, _, stderr = cli("eval", "--bench", "jsonl", "--data", bench, "--predictions", src, "--bootstrap", "0",
-                                  "-o", out, "-q")
-            check_records_run(code, stderr, src, out, before, case, d / "out.errors.jsonl", resumes=False)
-            if code != 2:
-                assert sorted(json.loads(line)["id"] for line in out.read_text().split("\n") if line) == ["a", "b", "c"]
-            record_kind("eval --predictions", case.kind, code)
+    def check(d, images, src):
+        bench, out = d / "bench.jsonl", d / "out.jsonl"
+        bench.write_text("".join(json.dumps(good("eval", i, images["a"])) + "\n" for i in "abc"))
+        out.write_text(json.dumps(EARLIER) + "\n")
+        before = out.read_bytes()
+        code, _, stderr = cli("eval", "--bench", "jsonl", "--data", bench, "--predictions", src, "--bootstrap", "0",
+                              "-o", out, "-q")
+        check_records_run(code, stderr, src, out, before, d / "out.errors.jsonl", resumes=False)
+        if code != 2:
+            assert sorted(json.loads(line)["id"] for line in out.read_text().split("\n") if line) == ["a", "b", "c"]
+        return code
 
-    run()
+    each_kind(request, "eval --predictions", check)
 
 
 @pytest.mark.parametrize("command", ["dpo", "sft"])
@@ -199,45 +205,36 @@ def test_training_inputs(command, cli, tiny_model, request, monkeypatch):
     record is rejected with its file:line, a file with no usable record stops, nothing is written."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
 
-    @budget(request, 12)
-    @given(data=st.data())
-    def run(data):
-        with folder() as d:
-            case = data.draw(input_files(command, _images(d)), label="input")
-            src, out = d / "in.jsonl", d / "run"
-            src.write_bytes(case.body)
-            code, stdout, stderr = cli(command, src, "-m", tiny_model, "-o", out, "--dry-run", "--json")
-            check_stopped_or_done(code, stderr)
-            for line in stderr.splitlines():
-                if ".jsonl:" in line and not line.startswith("stmed: error:"):
-                    assert re.match(rf"stmed: {re.escape(str(src))}:\d+: ", line), line
-            if code == 0:
-                assert json.loads(stdout)["id"] in ("a", "b", "c")
-            assert not out.exists() or not any(out.iterdir()), "a dry run wrote into the output folder"
-            record_kind(command, case.kind, code)
+    def check(d, images, src):
+        out = d / "run"
+        code, stdout, stderr = cli(command, src, "-m", tiny_model, "-o", out, "--dry-run", "--json")
+        check_stopped_or_done(code, stderr)
+        for line in stderr.splitlines():
+            if ".jsonl:" in line and not line.startswith("stmed: error:"):
+                assert re.match(rf"stmed: {re.escape(str(src))}:\d+: ", line), line
+        if code == 0:
+            assert json.loads(stdout)["id"] in ("a", "b", "c")
+        assert not out.exists() or not any(out.iterdir()), "a dry run wrote into the output folder"
+        return code
 
-    run()
+    each_kind(request, command, check, scale=0.5)
 
 
-def test_view_inputs(cli, request):
-    """``stmed view`` on records of any stage, with fields other tools write in other shapes."""
+@pytest.mark.parametrize("shape", ["view", "judge", "answer", "eval --predictions"])
+def test_view_inputs(shape, cli, request):
+    """``stmed view`` on records of any stage (pairs, answers, scored items), broken every way."""
 
-    @budget(request, 30)
-    @given(data=st.data(), command=st.sampled_from(["view", "judge", "answer", "eval-predictions"]))
-    def run(data, command):
-        with folder() as d:
-            case = data.draw(input_files(command, _images(d)), label="input")
-            src, page = d / "in.jsonl", d / "page.html"
-            src.write_bytes(case.body)
-            code, _, stderr = cli("view", src, "-o", page, "-q")
-            check_stopped_or_done(code, stderr)
-            if code == 2:
-                assert not page.exists()
-            else:
-                assert page.read_text(encoding="utf-8").rstrip().endswith("</html>")
-            record_kind("view", case.kind, code)
+    def check(d, images, src):
+        page = d / "page.html"
+        code, _, stderr = cli("view", src, "-o", page, "-q")
+        check_stopped_or_done(code, stderr)
+        if code == 2:
+            assert not page.exists()
+        else:
+            assert page.read_text(encoding="utf-8").rstrip().endswith("</html>")
+        return code
 
-    run()
+    each_kind(request, shape, check, scale=0.5, label="view" if shape == "view" else f"view ({shape.split()[0]} records)")
 
 
 @st.composite
@@ -248,12 +245,12 @@ def summaries(draw) -> tuple[str, bytes]:
     base = summary("run")
     kind = draw(st.sampled_from(["wrong type", "missing field", "not JSON", "not an object"]))
     if kind == "not JSON":
-        return kind, draw(st.binary(max_size=40))
+        return f"summary: {kind}", draw(st.binary(max_size=40))
     if kind == "not an object":
-        return kind, json.dumps(draw(values)).encode()
+        return f"summary: {kind}", json.dumps(draw(values)).encode()
     path = draw(st.sampled_from(paths(base)))
     broken = set_path(base, path, draw(values)) if kind == "wrong type" else del_path(base, path)
-    return kind, json.dumps(broken).encode()
+    return f"summary: {kind}", json.dumps(broken).encode()
 
 
 def test_report_inputs(cli, request):
@@ -370,33 +367,25 @@ def completion_body(content, **fields) -> bytes:
     return json.dumps(body).encode()
 
 
-@st.composite
-def judge_replies(draw) -> tuple[str, tuple[int, bytes] | None]:
-    """A judge's reply as servers and models give them."""
-    kind = draw(st.sampled_from(["reply text", "reply text", "reply body", "HTTP status", "dropped connection"]))
-    if kind == "reply text":
-        text = draw(st.one_of(
-            st.sampled_from(["", "8", "8 3 and more", "11 3", "-1 5", "0 0", "nan nan", "1e309 2", "7 7",
-                             "I'm sorry, I can't help with comparing medical answers.",
-                             'Sure! Here are the scores: {"score_1": 8, "score_2": 3} Hope this helps.',
-                             '{"score_1": "8", "score_2": "3"}', '{"score_1": [8], "score_2": {"x": 3}}',
-                             '{"score_1": 8}', '```json\n{"score_1": 9, "score_2": 2}\n```', "x" * (10 << 20)]),
-            st.text(max_size=60)))
-        which = ("a 10 MB reply" if len(text) > 1000 else "JSON in prose" if "Sure!" in text
-                 else "a refusal" if "sorry" in text else "scores out of range" if text in ("11 3", "-1 5", "0 0", "1e309 2")
-                 else "empty" if text == "" else "other text")
-        return f"reply: {which}", (200, completion_body(text))
-    if kind == "reply body":
-        body = draw(st.sampled_from([
-            b"", b"not json", b'{"choices": []}', b'{"choices": null}', b'{"choices": [{"message": null}]}',
-            b'{"choices": "yes"}', b'{"choices": [1, 2]}', completion_body(None), completion_body(["8", "3"]),
-            completion_body({"text": "8 3"}), completion_body("8 3", usage={"prompt_tokens": "many"}),
-            completion_body("8 3")[:40]]))
-        return "reply body of another shape", (200, body)
-    if kind == "HTTP status":
-        status = draw(st.sampled_from([400, 401, 403, 404, 408, 413, 429, 500, 502, 503]))
-        return f"HTTP {status}", (status, json.dumps({"error": {"message": f"status {status}"}}).encode())
-    return "dropped connection", None
+def judge_replies() -> list[tuple[str, tuple[int, bytes] | None]]:
+    """A judge's replies as servers and models give them: (kind, what the server sends)."""
+    texts = {"empty": [""], "one score": ["8"], "scores and more": ["8 3 and more"], "a tie": ["7 7"],
+             "scores out of range": ["11 3", "-1 5", "0 0", "1e309 2", "nan nan"],
+             "a refusal": ["I'm sorry, I can't help with comparing medical answers."],
+             "JSON in prose": ['Sure! Here are the scores: {"score_1": 8, "score_2": 3} Hope this helps.',
+                               '```json\n{"score_1": 9, "score_2": 2}\n```'],
+             "JSON of another shape": ['{"score_1": "8", "score_2": "3"}', '{"score_1": [8], "score_2": {"x": 3}}',
+                                       '{"score_1": 8}', "[8, 3]"],
+             "a 10 MB reply": ["8 3 " + "x" * (10 << 20)]}
+    cases = [(f"reply: {kind}", (200, completion_body(t))) for kind, ts in texts.items() for t in ts]
+    bodies = [b"", b"not json", b'{"choices": []}', b'{"choices": null}', b'{"choices": [{"message": null}]}',
+              b'{"choices": "yes"}', b'{"choices": [1, 2]}', completion_body(None), completion_body(["8", "3"]),
+              completion_body({"text": "8 3"}), completion_body("8 3", usage={"prompt_tokens": "many"}),
+              completion_body("8 3")[:40]]
+    cases += [("reply body of another shape", (200, body)) for body in bodies]
+    cases += [(f"HTTP {status}", (status, json.dumps({"error": {"message": f"status {status}"}}).encode()))
+              for status in (400, 401, 403, 404, 408, 413, 429, 500, 502, 503)]
+    return cases + [("dropped connection", None)]
 
 
 @pytest.fixture(scope="module")
@@ -411,10 +400,7 @@ def test_judge_replies(reply_server, cli, request, monkeypatch):
     one (exit 0 or 1), or the run stops with one line (a refused key or model, exit 2)."""
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-fuzz")
 
-    @budget(request, 30)
-    @given(case=judge_replies())
-    def run(case):
-        kind, reply = case
+    def judge_with(kind: str, reply) -> None:
         reply_server.reply = reply
         with folder() as d:
             images = _images(d)
@@ -434,31 +420,124 @@ def test_judge_replies(reply_server, cli, request, monkeypatch):
                             assert rec["id"] not in ends, f"{rec['id']} in {ends[rec['id']]} and {name}"
                             ends[rec["id"]] = name
                 assert set(ends) == {"a", "b"}, ends
-                assert out.stat().st_size < (1 << 20), "a huge reply was copied into the pairs"
+                for name in ("pairs.jsonl", "pairs.skipped.jsonl"):
+                    assert not (d / name).exists() or (d / name).stat().st_size < (1 << 20), "a huge reply was copied"
             record_kind("judge (server replies)", kind, code)
 
-    run()
+    for kind, reply in judge_replies():
+        judge_with(kind, reply)
+
+    @budget(request, 10)
+    @given(text=st.text(max_size=60))
+    def any_text(text):
+        judge_with("reply: any text", (200, completion_body(text)))
+
+    any_text()
 
 
-@pytest.mark.parametrize("damaged", ["model.safetensors", "config.json", "tokenizer.json", "processor_config.json"])
-def test_truncated_file_in_the_hub_cache(damaged, tiny_model, tmp_path):
-    """A download cut short in the Hugging Face cache (offline, as a user's cache would be): one
-    line naming the model, exit 2, not a traceback from safetensors, json or tokenizers."""
-    import shutil
+@st.composite
+def batch_outputs(draw, lines: list[bytes]) -> tuple[str, bytes]:
+    """A Batch API (or ``vllm run-batch``) output file with lines missing, repeated, foreign or broken."""
+    from fuzz_inputs import del_path, paths, set_path, values
 
-    from conftest import run_stmed
+    kind = draw(st.sampled_from(["lines missing", "lines repeated", "extra lines", "a field broken", "not JSON"]))
+    rows = list(lines)
+    if kind == "lines missing":
+        for _ in range(draw(st.integers(1, len(rows)))):
+            rows.pop(draw(st.integers(0, len(rows) - 1)))
+    elif kind == "lines repeated":
+        rows += [rows[draw(st.integers(0, len(rows) - 1))] for _ in range(draw(st.integers(1, 3)))]
+    elif kind == "extra lines":
+        rows.insert(draw(st.integers(0, len(rows))), json.dumps(
+            {"custom_id": draw(st.text(max_size=20)), "response": None, "error": None}).encode())
+    elif kind == "a field broken":
+        i = draw(st.integers(0, len(rows) - 1))
+        row = json.loads(rows[i])
+        path = draw(st.sampled_from(paths(row)))
+        rows[i] = json.dumps(set_path(row, path, draw(values)) if draw(st.booleans()) else del_path(row, path)).encode()
+    else:
+        rows[draw(st.integers(0, len(rows) - 1))] = draw(st.binary(max_size=30)).replace(b"\n", b"")
+    return kind, b"\n".join(rows) + b"\n"
 
-    repo = tmp_path / "hf" / "hub" / "models--stmed--tiny"
-    snapshot = repo / "snapshots" / "0123abcd"
-    shutil.copytree(tiny_model, snapshot)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text("0123abcd")
-    data = (snapshot / damaged).read_bytes()
-    (snapshot / damaged).write_bytes(data[: len(data) // 2])
-    image = sorted(EXAMPLE_IMAGES.glob("*.jpg"))[0]
-    proc = run_stmed("inspect", image, "-m", "stmed/tiny", "--device", "cpu", "-n", "1", "--max-new-tokens", "2",
-                     env={"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
-    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.splitlines()[-1].startswith("stmed: error: -m stmed/tiny: "), proc.stderr
-    record_kind("any model command (Hub cache)", f"truncated {damaged}", proc.returncode)
+
+def test_batch_output_files(cli, request, monkeypatch):
+    """``judge --backend batch --collect``: every input record ends as a pair, skipped or failed,
+    or the file is refused with one line naming file:line."""
+    from openai_server import Server
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-fuzz")
+    with folder() as d:
+        images = _images(d)
+        src = d / "in.jsonl"
+        src.write_text("".join(json.dumps(good("judge", i, images["a"])) + "\n" for i in "abc"))
+        batch_dir = d / "batch"
+        common = ["--backend", "batch", "--base-url", "http://127.0.0.1:9/v1", "--judge-model", "gpt-4o",
+                  "--no-cache", "--batch-dir", batch_dir, "-q"]
+        code, _, stderr = cli("judge", src, *common, "--prepare-only", "-o", d / "prep.jsonl")
+        assert code == 0, stderr
+        (requests,) = batch_dir.glob("requests-*.jsonl")
+        srv = Server()  # its batch runner answers the file offline, as the Batch API would
+        try:
+            srv.new_file(requests.read_bytes(), "batch", "in.jsonl")
+            batch = {"input_file_id": "file-0001"}
+            srv.run_batch(batch)
+            answered = srv.files[batch["output_file_id"]]["_data"].splitlines()
+        finally:
+            srv.server_close()
+
+        @budget(request, 30)
+        @given(case=batch_outputs(answered))
+        def run(case):
+            kind, body = case
+            with folder() as e:
+                output, pairs = e / "output.jsonl", e / "pairs.jsonl"
+                output.write_bytes(body)
+                code, _, stderr = cli("judge", src, *common, "--collect", output, "-o", pairs)
+                check_stopped_or_done(code, stderr)
+                if code == 2:
+                    assert re.search(rf"{re.escape(str(output))}(:\d+)?: ", stderr), stderr
+                    assert not pairs.exists()
+                else:
+                    ends = [json.loads(line)["id"] for name in ("pairs.jsonl", "pairs.skipped.jsonl", "pairs.errors.jsonl")
+                            if (e / name).exists() for line in (e / name).read_text().split("\n") if line]
+                    assert sorted(ends) == ["a", "b", "c"], ends
+                record_kind("judge --collect (Batch output)", kind, code)
+
+        run()
+
+
+# --- the table in docs/reliability.md (this test runs last: it reads what the others tried) ------------
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "reliability.md"
+BEGIN, END = "<!-- fuzz: begin (generated from tests/test_fuzz.py) -->", "<!-- fuzz: end -->"
+def fuzz_table() -> str:
+    """Two tables: the kinds of broken input file (rows) by the commands that read them (columns),
+    each cell the exit codes seen; then the inputs from outside, one row per kind."""
+    from fuzz_inputs import FILE_KINDS
+
+    codes = lambda seen: " / ".join(map(str, sorted(seen))) if seen else "-"  # noqa: E731
+    by_file = sorted({c for (c, k) in TRIED if k in FILE_KINDS}, key=lambda c: (c.startswith("view"), c))
+    rows = ["| input file | " + " | ".join(by_file) + " |", "|---|" + "---|" * len(by_file)]
+    for kind in FILE_KINDS:
+        rows.append(f"| {kind} | " + " | ".join(codes(TRIED.get((c, kind), {})) for c in by_file) + " |")
+    examples = sum(n for (c, k), seen in TRIED.items() if k in FILE_KINDS for n in seen.values())
+    rows += ["", f"{examples} examples. Then what comes from outside the input file:", "",
+             "| command | input | examples | exit codes |", "|---|---|---:|---|"]
+    for (command, kind), seen in sorted(TRIED.items()):
+        if kind not in FILE_KINDS:
+            rows.append(f"| {command} | {kind} | {sum(seen.values())} | {codes(seen)} |")
+    return "\n".join(rows) + "\n"
+
+
+def test_docs_fuzz_table(request):
+    """docs/reliability.md lists every kind of input the fuzz tests tried, with what it gave."""
+    opt = request.config.option
+    whole = not (opt.keyword or opt.markexpr or any("::" in a for a in request.config.args))
+    if request.config.getoption("--fuzz-long") or not whole:
+        pytest.skip("the table is checked on a whole default run of this file")
+    doc = DOC.read_text(encoding="utf-8")
+    head, rest = doc.split(BEGIN, 1)
+    new = f"{head}{BEGIN}\n{fuzz_table()}{END}{rest.split(END, 1)[1]}"
+    if os.environ.get("STMED_WRITE_DOCS"):
+        DOC.write_text(new, encoding="utf-8")
+    assert doc == new, "docs/reliability.md's fuzz table is stale: run STMED_WRITE_DOCS=1 pytest tests/test_fuzz.py"

@@ -133,7 +133,7 @@ def run_batch(cfg: JudgeConfig, records: list, stats: JudgeStats, cache) -> Iter
         plans.append((prep, plan))
     spool.close()
     if cfg.collect:
-        replies = read_outputs(cfg.collect)
+        replies = cfg.collected if cfg.collected is not None else read_outputs(cfg.collect)
     elif n_lines:
         with open(spool_path, encoding="utf-8") as lines:
             files = write_request_files((x.rstrip("\n") for x in lines), folder, cfg.max_batch_requests, cfg.max_batch_bytes)

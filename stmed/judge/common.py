@@ -103,7 +103,7 @@ def prepare_or_decide(rec, cfg: JudgeConfig, stats: JudgeStats, *, keep_image: b
 
 
 def outcome(prep: Prepared, v: Verdict, judgements: list[Judgement], cfg: JudgeConfig, stats: JudgeStats) -> Outcome:
-    judge = {**cfg.describe(), "scores": v.scores, "swapped_scores": v.swapped_scores, "raw": v.raw,
+    judge = {**cfg.describe(), "scores": v.scores, "swapped_scores": v.swapped_scores, "raw": [clip(r) for r in v.raw],
              "pair": [i + 1 for i in v.pair] if v.pair else None,
              "sources": sorted({j.source for j in judgements})}
     if v.comparisons:
@@ -114,6 +114,16 @@ def outcome(prep: Prepared, v: Verdict, judgements: list[Judgement], cfg: JudgeC
                              "margin": round(v.margin, 4), "judge": judge})
     stats.reasons[v.reason] = stats.reasons.get(v.reason, 0) + 1
     return Outcome("skipped", [{**base, "skip": v.reason, "margin": round(v.margin, 4), "judge": judge}])
+
+
+RAW_KEPT = 4000  # characters of a judge reply kept in a record: its scores and reasons, not a runaway reply
+
+
+def clip(reply: str) -> str:
+    """A reply as records keep it: whole up to RAW_KEPT characters, else its start and how much was cut."""
+    if len(reply) <= RAW_KEPT:
+        return reply
+    return f"{reply[:RAW_KEPT]}... [{len(reply) - RAW_KEPT:,} more characters not kept]"
 
 
 def judgement_from(order: tuple[int, int], text: str, source: str) -> Judgement | None:

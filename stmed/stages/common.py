@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from stmed.errors import RecordError
-from stmed.images import load_image, prepare, resolve_path
+from stmed.images import load_image, prepare, resolve_path, short_path
 from stmed.records import Record
 
 T = TypeVar("T")
@@ -30,13 +30,9 @@ def record_image(rec: Record, image_root: Path | None = None, pad_square: bool =
         raise RecordError(f"{rec.where}: {path}: image not found") from None
     except RecordError as e:
         raise RecordError(f"{rec.where}: {e}") from None
-    except OSError as e:  # a name too long, a permission denied
-        raise RecordError(f"{rec.where}: {_short(image)}: cannot read the image ({e.strerror or e})") from None
-
-
-def _short(text: str, limit: int = 200) -> str:
-    """A path as an error message shows it: a 5,000-character one cut to its ends."""
-    return text if len(text) <= limit else f"{text[:limit // 2]}...{text[-limit // 2:]}"
+    except (OSError, ValueError) as e:  # a name too long or holding a NUL byte, a permission denied
+        raise RecordError(f"{rec.where}: {short_path(image)!r}: cannot read the image "
+                          f"({getattr(e, 'strerror', None) or e})") from None
 
 
 @lru_cache(maxsize=8)

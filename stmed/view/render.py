@@ -8,6 +8,7 @@ else, so model text can hold any markup and still shows as text.
 from __future__ import annotations
 
 import json
+import math
 from html import escape
 
 from stmed.view.cards import Card, Prediction, Unit, answer_type, eval_mark, outcomes
@@ -138,7 +139,7 @@ class CardRenderer:
         marks = [""] * len(items)
         judge = rec.get("judge") if isinstance(rec.get("judge"), dict) else {}
         if has_pair:
-            pair = [i - 1 for i in judge.get("pair") or [] if isinstance(i, int) and 0 < i <= len(items)]
+            pair = [i - 1 for i in _pair(judge) if 0 < i <= len(items)] if "pair" in judge else []
             candidates = pair or list(range(len(items)))
             c = next((i for i in candidates if items[i][0] == rec["chosen"]), None)
             r = next((i for i in candidates if i != c and items[i][0] == rec["rejected"]), None)
@@ -175,8 +176,9 @@ class CardRenderer:
         about = [self.m(judge.get("model", "judge"))]
         about += [f"{k.replace('_', ' ')} {self.m(judge[k])}" for k in ("backend", "policy", "prompt_version")
                   if judge.get(k) is not None]
-        if judge.get("sources"):
-            about.append("from " + self.m(", ".join(map(str, judge["sources"]))))
+        sources = judge.get("sources")
+        if sources:
+            about.append("from " + self.m(", ".join(map(str, sources)) if isinstance(sources, list) else sources))
         rows = _comparisons(judge)
         table = ""
         if rows:
@@ -190,7 +192,7 @@ class CardRenderer:
             table = f'<table class="scores"><tr><th>shown</th>{cells}</tr>{"".join(trs)}</table>'
         reasons = []
         raw = judge.get("raw") if isinstance(judge.get("raw"), list) else []
-        a, b = (judge.get("pair") or [1, 2])[:2]
+        a, b = _pair(judge)
         labels = [f"answers {a}, then {b}", f"answers {b}, then {a}"]  # raw holds the pair's orders, forward first
         for k, text in enumerate(raw):
             label = labels[k] if k < 2 else f"reply {k + 1}"
@@ -224,18 +226,33 @@ class CardRenderer:
                 f' <span class="src">({self.m(e.get("source", ""))})</span>{extra}</div>')
 
 
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_score(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _pair(judge: dict) -> tuple[int, int]:
+    """The two answers (1-based) the judge compared: ``pair`` when it is two numbers, else 1 and 2."""
+    p = judge.get("pair")
+    if isinstance(p, list) and len(p) >= 2 and _is_int(p[0]) and _is_int(p[1]):
+        return p[0], p[1]
+    return 1, 2
+
+
 def _comparisons(judge: dict) -> list[tuple[list[int], list[float]]]:
-    """Every judged order as (0-based answer indices as shown, their scores)."""
+    """Every judged order as (0-based answer indices as shown, their scores); an order whose
+    fields have another shape (another tool's file, a hand edit) is left out, not guessed at."""
     if isinstance(judge.get("comparisons"), list) and judge["comparisons"]:
-        return [([i - 1 for i in c["shown"]], list(c["scores"])) for c in judge["comparisons"]
-                if isinstance(c, dict) and c.get("shown") and c.get("scores")]
-    a, b = [i - 1 for i in judge.get("pair") or [1, 2]][:2]
-    rows = []
-    if isinstance(judge.get("scores"), list) and len(judge["scores"]) == 2:
-        rows.append(([a, b], judge["scores"]))
-    if isinstance(judge.get("swapped_scores"), list) and len(judge["swapped_scores"]) == 2:
-        rows.append(([b, a], judge["swapped_scores"]))
-    return rows
+        orders = [(c.get("shown"), c.get("scores")) for c in judge["comparisons"] if isinstance(c, dict)]
+    else:
+        a, b = _pair(judge)
+        orders = [([a, b], judge.get("scores")), ([b, a], judge.get("swapped_scores"))]
+    return [([i - 1 for i in shown], list(scores)) for shown, scores in orders
+            if isinstance(shown, list) and isinstance(scores, list) and shown and len(shown) == len(scores)
+            and all(map(_is_int, shown)) and all(map(_is_score, scores))]
 
 
 def _reason(text) -> str:
