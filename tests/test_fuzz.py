@@ -109,19 +109,20 @@ def check_records_run(code: int, stderr: str, src: Path, out: Path, before: byte
         assert not errors.exists()
 
 
-def remote(server) -> list:
-    return ["--backend", "openai", "--base-url", server.base_url]
+def remote(server, src: Path) -> list:
+    """The loopback server as the engine, and the images' folder as --image-root ("../" paths escape it)."""
+    return ["--backend", "openai", "--base-url", server.base_url, "--image-root", src.parent / "images"]
 
 
 def stage_argv(command: str, src: Path, out: Path, server) -> list:
     if command == "gen-questions":
-        return ["gen-questions", src, "-m", "policy", *remote(server), "--strategy", "instruct", "-n", "1", "-o", out, "-q"]
+        return ["gen-questions", src, "-m", "policy", *remote(server, src), "--strategy", "instruct", "-n", "1", "-o", out, "-q"]
     if command == "answer":
-        return ["answer", src, "-m", "policy", *remote(server), "-n", "2", "-o", out, "-q"]
+        return ["answer", src, "-m", "policy", *remote(server, src), "-n", "2", "-o", out, "-q"]
     if command == "judge":
-        return ["judge", src, *remote(server), "--judge-model", "gpt-4o", "--no-cache", "-o", out, "-q"]
+        return ["judge", src, *remote(server, src), "--judge-model", "gpt-4o", "--no-cache", "-o", out, "-q"]
     if command == "eval":
-        return ["eval", "--bench", "jsonl", "--data", src, "-m", "policy", *remote(server), "--bootstrap", "0",
+        return ["eval", "--bench", "jsonl", "--data", src, "-m", "policy", *remote(server, src), "--bootstrap", "0",
                 "-o", out, "-q"]
     raise AssertionError(command)
 
@@ -235,6 +236,43 @@ def test_view_inputs(shape, cli, request):
         return code
 
     each_kind(request, shape, check, scale=0.5, label="view" if shape == "view" else f"view ({shape.split()[0]} records)")
+
+
+@st.composite
+def train_logs(draw) -> tuple[str, bytes, bytes]:
+    """A dpo run's train_log.jsonl and _meta.json, one row (or the meta) broken."""
+    from fuzz_inputs import RECORD_KINDS, broken_record, values
+
+    rows = [{"step": k, "epoch": k / 4, "loss": 0.69 - k / 50, "learning_rate": 5e-6, "rewards/chosen": 0.01 * k,
+             "rewards/rejected": -0.01 * k, "rewards/margins": 0.02 * k, "rewards/accuracies": 0.5} for k in range(1, 5)]
+    meta = {"stage": "dpo", "model": "tiny", "data": {"pairs": 16}, "config": {"beta": 0.1}}
+    kind = draw(st.sampled_from([*RECORD_KINDS, "meta broken"]))
+    if kind == "meta broken":
+        meta = draw(broken_record(meta, "several at once")) if draw(st.booleans()) else draw(values)
+    else:
+        i = draw(st.integers(0, len(rows) - 1))
+        rows[i] = draw(broken_record(rows[i], kind))
+    log = b"".join(json.dumps(r).encode() + b"\n" for r in rows)
+    return f"training log: {kind}", log, json.dumps(meta).encode()
+
+
+def test_view_training_runs(cli, request):
+    """``stmed view`` on a training folder whose log rows or _meta.json have other shapes."""
+
+    @budget(request, 30)
+    @given(case=train_logs())
+    def run(case):
+        kind, log, meta = case
+        with folder() as d:
+            (d / "run").mkdir()
+            (d / "run" / "train_log.jsonl").write_bytes(log)
+            (d / "run" / "_meta.json").write_bytes(meta)
+            code, _, stderr = cli("view", d / "run", "-o", d / "page.html", "-q")
+            check_stopped_or_done(code, stderr)
+            assert code != 1
+            record_kind("view (training run)", kind, code)
+
+    run()
 
 
 @st.composite

@@ -49,5 +49,9 @@ def judge(
 
         api_key_from_env(cfg.api_key_env, cfg.base_url)  # a missing key stops here, before any file is opened
     records = c.select(c.open_input(input, nonempty=True), shard=shard, limit=limit)
+    if cfg.collect:
+        from stmed.judge.batch import read_outputs
+
+        cfg.collected = read_outputs(cfg.collect)  # a malformed output file stops here, before any output
     return run_judge(cfg, records, replace(files, skipped=skipped), prices=table, export=export,
                      cache=None if no_cache or local else (cache or "default"))

@@ -77,7 +77,7 @@ def cell(entry: dict | None, *, ci: bool = True) -> str:
 
 def _bench(summary: dict) -> str:
     b = summary.get("benchmark", {})
-    name = b.get("bench", "?")
+    name = b.get("bench") or "?"
     return f"{name} ({b['lang']})" if b.get("lang") not in (None, "en") else name
 
 

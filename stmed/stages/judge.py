@@ -64,7 +64,7 @@ class JudgeConfig:
     poll_interval: float = opt(30.0, "batch: seconds between status polls.")
     max_batch_requests: int = 50_000  # OpenAI's per-file limit
     max_batch_bytes: int = 190 * 1024 * 1024  # under OpenAI's 200 MB file limit
-    collected: dict | None = field(default=None, repr=False)  # the --collect files, read before any output is opened
+    collected: dict | None = field(default=None, repr=False)  # the --collect files once read (the CLI reads them first)
 
     def __post_init__(self) -> None:
         self.entry = registry.lookup(self.backend, registry.JUDGE)  # an unknown name: one line, "did you mean"
@@ -121,10 +121,6 @@ def judge(cfg: JudgeConfig, records: list, files: Files, *, cache=None, prices: 
     if world().active and cfg.backend == "batch":
         raise InputError("--backend batch runs as one process (the Batch API does the scaling); start it without a launcher")
     prices = prices or {}
-    if cfg.collect:
-        from stmed.judge.batch import read_outputs
-
-        cfg.collected = read_outputs(cfg.collect)  # a malformed output file stops here, nothing written
     store, stats, started = _open_cache(cache), JudgeStats(), time.perf_counter()
     try:
         result = run_stage("judge", lambda todo: run(cfg, todo, stats, cache=store), records, files,
