@@ -458,7 +458,7 @@ def test_judge_replies(reply_server, cli, request, monkeypatch):
                             assert rec["id"] not in ends, f"{rec['id']} in {ends[rec['id']]} and {name}"
                             ends[rec["id"]] = name
                 assert set(ends) == {"a", "b"}, ends
-                for name in ("pairs.jsonl", "pairs.skipped.jsonl"):
+                for name in ("pairs.jsonl", "pairs.skipped.jsonl", "pairs.errors.jsonl"):
                     assert not (d / name).exists() or (d / name).stat().st_size < (1 << 20), "a huge reply was copied"
             record_kind("judge (server replies)", kind, code)
 

@@ -28,7 +28,7 @@ __all__ = ["Judgement", "Outcome", "Prepared", "Unparseable", "decide", "judgeme
 class Unparseable(RecordError):
     def __init__(self, message: str, raw: str):
         super().__init__(message)
-        self.raw = raw
+        self.raw = clip(raw)  # what the errors file keeps of it
 
 
 @dataclass

@@ -28,8 +28,8 @@ def record_image(rec: Record, image_root: Path | None = None, pad_square: bool =
         return _load(str(path), stat.st_mtime_ns, stat.st_size, pad_square, max_pixels)
     except FileNotFoundError:
         raise RecordError(f"{rec.where}: {path}: image not found") from None
-    except RecordError as e:
-        raise RecordError(f"{rec.where}: {e}") from None
+    except RecordError as e:  # an image from a folder input: its "where" is the image's path already
+        raise RecordError(str(e) if str(e).startswith(f"{rec.where}: ") else f"{rec.where}: {e}") from None
     except (OSError, ValueError) as e:  # a name too long or holding a NUL byte, a permission denied
         raise RecordError(f"{rec.where}: {short_path(image)!r}: cannot read the image "
                           f"({getattr(e, 'strerror', None) or e})") from None
