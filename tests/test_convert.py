@@ -289,3 +289,51 @@ def test_a_truncated_or_mismatched_checkpoint_is_one_line(tmp_path, tools_path, 
     r = run_stmed("convert", src, "-o", tmp_path / "hf")
     assert r.returncode == 2 and r.stderr.startswith("stmed: error: convert ") and message in r.stderr, r.stderr
     assert r.stderr.strip().count("\n") == 0 and "Traceback" not in r.stderr
+
+
+MISTRAL_INSTRUCT_STRINGS = (  # mistralai/Mistral-7B-Instruct-v0.2's template: string content only
+    "{{ bos_token }}{% for message in messages %}"
+    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
+    "{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token}}"
+    "{% else %}{{ raise_exception('Only user and assistant roles are supported!') }}{% endif %}{% endfor %}")
+
+
+def test_a_string_content_template_renders_image_turns_as_the_original_code(converted, tmp_path):
+    """A converted LLaVA-Med whose only template is Mistral-Instruct's: the image token and a newline
+    go before the question (said once on stderr, recorded in answer_prompt, shown by --dry-run)."""
+    import shutil
+
+    name, root, _, _ = converted
+    if name != "llava-med-v1.5":
+        pytest.skip("the string-content template is LLaVA-Med's")
+    model = shutil.copytree(root / "hf", tmp_path / "med")
+    for f in ("chat_template.jinja", "chat_template.json"):
+        (model / f).unlink(missing_ok=True)
+    for f in ("processor_config.json", "tokenizer_config.json"):
+        cfg = json.loads((model / f).read_text())
+        cfg.pop("chat_template", None)
+        if f == "tokenizer_config.json":
+            cfg["chat_template"] = MISTRAL_INSTRUCT_STRINGS
+        (model / f).write_text(json.dumps(cfg))
+    from stmed.core.chat import render
+    from stmed.core.model import ModelSpec, load_processor
+
+    proc = load_processor(ModelSpec(str(model)))
+    assert render(proc, [{"role": "user", "content": "Is it normal?"}]) == "<s>[INST] <image>\nIs it normal? [/INST]"
+    image = sorted(EXAMPLE_IMAGES.glob("*.jpg"))[0]
+    q = tmp_path / "q.jsonl"
+    q.write_text(json.dumps({"id": "a", "image": str(image), "question": "Is it normal?"}) + "\n")
+    r = run_stmed("answer", q, "-m", model, "--max-new-tokens", "4", "-o", tmp_path / "a.jsonl")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stderr.count("the chat template takes string content only") == 1, r.stderr
+    rec = json.loads((tmp_path / "a.jsonl").read_text())
+    assert rec["answer_prompt"]["rendering"].startswith("string-content"), rec["answer_prompt"]
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({**rec, "chosen": "Yes.", "rejected": "No."}) + "\n")
+    r = run_stmed("dpo", pairs, "-m", model, "-o", tmp_path / "out", "--dry-run", "--json", "-q")
+    assert r.returncode == 0, r.stderr[-2000:]
+    shown = json.loads(r.stdout)
+    assert shown["rendering"].startswith("string-content") and shown["chosen_tokens"][-1] == "</s>"
+    assert "<image>" in shown["prompt_tokens"] and "[/INST]" in "".join(shown["prompt_tokens"]).replace("▁", " ")
