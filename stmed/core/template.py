@@ -21,6 +21,7 @@ def use_template(processor, path: str | None = None) -> None:
     from pathlib import Path
 
     tok = getattr(processor, "tokenizer", None)
+    _set_rendering(processor, None)
     if path is not None:
         p = Path(path)
         if not p.is_file():
@@ -49,7 +50,7 @@ def use_template(processor, path: str | None = None) -> None:
         if not _takes_strings(processor):
             raise NoTemplate(f"the chat template cannot render a user turn ({type(e).__name__}: {e}); pass "
                              "--chat-template FILE") from None
-        processor.stmed_rendering = STRING_CONTENT
+        _set_rendering(processor, STRING_CONTENT)
         with_image = apply_template(processor, turn, True, generation_prompt=True)
         without = apply_template(processor, turn, False, generation_prompt=True)
         import sys
@@ -71,9 +72,22 @@ _SAID: set[str] = set()
 STRING_CONTENT = "string-content: image token + newline before the text"
 
 
+_RENDERING: dict[int, str] = {}  # id(processor) -> rendering; kept off the processor, which save_pretrained writes
+
+
 def rendering(processor) -> str | None:
     """How image turns are rendered, where it is not the template's own (records and --dry-run say it)."""
-    return getattr(processor, "stmed_rendering", None)
+    return _RENDERING.get(id(processor))
+
+
+def _set_rendering(processor, how: str | None) -> None:
+    import weakref
+
+    if how is None:
+        _RENDERING.pop(id(processor), None)
+        return
+    _RENDERING[id(processor)] = how
+    weakref.finalize(processor, _RENDERING.pop, id(processor), None)
 
 
 def image_token(processor) -> str:
