@@ -250,21 +250,51 @@ def test_lora_checkpoint_merges_onto_its_base(tmp_path, tools_path):
     torch.manual_seed(3)
     a, b = torch.randn(4, D_TEXT) * 0.1, torch.randn(D_TEXT, 4) * 0.1
     key = "base_model.model.model.layers.0.self_attn.q_proj"
-    torch.save({f"{key}.lora_A.weight": a, f"{key}.lora_B.weight": b}, lora / "adapter_model.bin")
+    # STLLaVA-Med tunes the CLIP tower by LoRA as well
+    va, vb = torch.randn(4, D_VISION) * 0.1, torch.randn(D_VISION, 4) * 0.1
+    vkey = "base_model.model.model.vision_tower.vision_tower.vision_model.encoder.layers.0.self_attn.q_proj"
+    torch.save({f"{key}.lora_A.weight": a, f"{key}.lora_B.weight": b,
+                f"{vkey}.lora_A.weight": va, f"{vkey}.lora_B.weight": vb}, lora / "adapter_model.bin")
     (lora / "adapter_config.json").write_text(json.dumps({"r": 4, "lora_alpha": 8}))
     projector = {k: v + 1.0 for k, v in state.items() if k.startswith("model.mm_projector.")}
     torch.save({f"base_model.model.{k}": v for k, v in projector.items()}, lora / "non_lora_trainables.bin")
     r = run_stmed("convert", lora, "-o", tmp_path / "nobase")
     assert r.returncode == 2 and r.stderr.startswith("stmed: error: ") and "--model-base" in r.stderr
     assert r.stderr.strip().count("\n") == 0
-    convert(lora, tmp_path / "hf", ConvertOptions(model_base=str(tmp_path / "base")))
+    r = run_stmed("convert", lora, "-o", tmp_path / "novit", "--model-base", tmp_path / "base")
+    assert r.returncode == 2 and "the adapter tunes the vision tower; pass --vision-tower" in r.stderr, r.stderr
+    convert(lora, tmp_path / "hf", ConvertOptions(model_base=str(tmp_path / "base"), vision_tower=str(tmp_path / "clip")))
     from safetensors.torch import load_file
+    from transformers import CLIPVisionModel
+
+    clip = CLIPVisionModel.from_pretrained(tmp_path / "clip").state_dict()
+    base_vq = next(v for k, v in clip.items() if k.endswith("encoder.layers.0.self_attn.q_proj.weight"))
 
     out = load_file(tmp_path / "hf" / "model.safetensors")
     q = next(v for k, v in out.items() if k.endswith("layers.0.self_attn.q_proj.weight"))
     assert torch.allclose(q, state["model.layers.0.self_attn.q_proj.weight"] + 2.0 * (b @ a), atol=1e-6)
     l1 = next(v for k, v in out.items() if k.endswith("multi_modal_projector.linear_1.weight"))
     assert torch.equal(l1, projector["model.mm_projector.0.weight"])
+    vq = next(v for k, v in out.items() if "vision" in k and k.endswith("encoder.layers.0.self_attn.q_proj.weight"))
+    assert torch.allclose(vq, base_vq + 2.0 * (vb @ va), atol=1e-6)
+
+
+def test_a_checkpoint_in_parts_takes_its_projector_file(tmp_path, tools_path):
+    """STLLaVA-Med's -llm / -vit / -projector parts: the projector from mm_projector.bin."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from stmed.core.convert import ConvertOptions, convert
+
+    src = tmp_path / "llm"
+    state = original(src, tmp_path / "clip", kind="llava_llama")
+    save_file({k: v for k, v in state.items() if "mm_projector" not in k}, src / "model.safetensors")
+    projector = {k: v * 2 for k, v in state.items() if "mm_projector" in k}
+    torch.save(projector, tmp_path / "mm_projector.bin")
+    convert(src, tmp_path / "hf", ConvertOptions(projector=str(tmp_path / "mm_projector.bin")))
+    out = load_file(tmp_path / "hf" / "model.safetensors")
+    l2 = next(v for k, v in out.items() if k.endswith("multi_modal_projector.linear_2.weight"))
+    assert torch.equal(l2, projector["model.mm_projector.2.weight"])
 
 
 @pytest.mark.parametrize("damage, message", [

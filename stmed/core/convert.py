@@ -76,6 +76,8 @@ class ConvertOptions:
     model_base: str | None = opt(None, "The base model folder a LoRA checkpoint (non_lora_trainables.bin) was trained on.")
     vision_tower: str | None = opt(None, "A CLIP folder: the vision tower's config (and weights, where the checkpoint "
                                          "has none) in place of config.json's mm_vision_tower.")
+    projector: str | None = opt(None, "A projector file (mm_projector.bin, non_lora_trainables.bin) for a checkpoint "
+                                      "shipped in parts (STLLaVA-Med's -llm, -vit, -projector).")
     template: str | None = opt(None, "vicuna_v1 | mistral_instruct: the original conversation template to write "
                                      "(default: vicuna_v1 for llava_llama, mistral_instruct for llava_mistral).")
     dtype: str = opt("auto", "auto | bfloat16 | float16 | float32 (auto: the checkpoint's torch_dtype).")
@@ -112,11 +114,28 @@ def load_state(folder: Path, names=("model.safetensors", "pytorch_model.bin")) -
     return state
 
 
-def _lora_state(src: Path, base: str | None) -> dict:
+def _projector_file(src: Path, path: str) -> dict:
+    """``model.mm_projector.*`` from a separate file, whatever prefix it was saved under."""
+    import torch
+
+    if not Path(path).is_file():
+        _fail(src, f"--projector {path}: no such file")
+    found = {}
+    for k, v in torch.load(path, map_location="cpu", weights_only=True).items():
+        at = k.find("mm_projector.")
+        if at >= 0:
+            found[PROJECTOR + k[at + len("mm_projector."):]] = v
+    if not found:
+        _fail(src, f"--projector {path}: no mm_projector weights in that file")
+    return found
+
+
+def _lora_state(src: Path, opts: ConvertOptions) -> dict:
     """A LoRA run merged onto its base, as builder.py does: base weights, then the non-LoRA
     trainables (projector), then each LoRA pair folded in (W += B @ A * alpha / r)."""
     import torch
 
+    base = opts.model_base
     if base is None:
         _fail(src, "a LoRA checkpoint (non_lora_trainables.bin); pass --model-base with the base model it was trained on")
     base_dir = Path(base).expanduser()
@@ -135,6 +154,17 @@ def _lora_state(src: Path, base: str | None) -> dict:
                 src / name, map_location="cpu", weights_only=True)
             break
     adapter = {k: v for k, v in adapter.items() if "lora_" in k}
+    if any(TOWER in strip(k) for k in adapter) and not any(k.startswith(TOWER) for k in state):
+        # LoRA on the CLIP tower too (STLLaVA-Med): the base tower is the --vision-tower folder's
+        if not opts.vision_tower:
+            _fail(src, "the adapter tunes the vision tower; pass --vision-tower FOLDER with the CLIP it was trained on")
+        from transformers import CLIPVisionModel
+
+        from stmed.errors import loading_model
+
+        with loading_model(opts.vision_tower):
+            clip = CLIPVisionModel.from_pretrained(opts.vision_tower).state_dict()
+        state.update({TOWER + ("" if k.startswith("vision_model.") else "vision_model.") + k: v for k, v in clip.items()})
     if adapter:
         acfg = json.loads((src / "adapter_config.json").read_text()) if (src / "adapter_config.json").is_file() else {}
         scale = acfg.get("lora_alpha", 1) / acfg.get("r", 1)
@@ -160,6 +190,14 @@ def _vision(src: Path, cfg: dict, state: dict, opts: ConvertOptions):
 
         vc = AutoConfig.from_pretrained(folder)
         return CLIPVisionConfig(**getattr(vc, "vision_config", vc).to_dict()), own, folder
+    if name and not own:  # a Hub id: its config and weights from the local cache (or the Hub, when online)
+        try:
+            from transformers import AutoConfig
+
+            vc = AutoConfig.from_pretrained(name)
+            return CLIPVisionConfig(**getattr(vc, "vision_config", vc).to_dict()), own, name
+        except (OSError, ValueError):
+            pass
     if not own:
         where = f"mm_vision_tower {name!r} is not a local folder" if name else "its config names no mm_vision_tower"
         _fail(src, f"the checkpoint carries no vision tower weights and {where}; pass --vision-tower FOLDER (a CLIP model)")
@@ -180,7 +218,7 @@ def _vision_weights(src: Path, own: dict, folder: Path | None) -> dict:
         return CLIPVisionModel.from_pretrained(folder).state_dict()
 
 
-def _image_processor(cfg: dict, vision, folder: Path | None):
+def _image_processor(cfg: dict, vision, folder):
     try:
         from transformers import LlavaImageProcessorPil as Proc
     except ImportError:  # older transformers: the one class
@@ -188,7 +226,7 @@ def _image_processor(cfg: dict, vision, folder: Path | None):
 
     size = vision.image_size
     kwargs = dict(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
-    if folder is not None and (folder / "preprocessor_config.json").is_file():
+    if isinstance(folder, Path) and (folder / "preprocessor_config.json").is_file():
         saved = json.loads((folder / "preprocessor_config.json").read_text())
         kwargs.update({k: saved[k] for k in ("size", "crop_size", "image_mean", "image_std") if k in saved})
     # image_aspect_ratio "pad": expand2square with the mean colour before the CLIP resize (llava/mm_utils.py)
@@ -251,7 +289,9 @@ def convert(src: str | Path, dst: str | Path, opts: ConvertOptions = ConvertOpti
     if template not in TEMPLATES:
         raise InputError(f"--template {template!r}: expected one of {', '.join(TEMPLATES)}")
     lora = (src / "non_lora_trainables.bin").is_file()
-    state = _lora_state(src, opts.model_base) if lora else load_state(src)
+    state = _lora_state(src, opts) if lora else load_state(src)
+    if opts.projector:
+        state.update(_projector_file(src, opts.projector))
     if not state:
         _fail(src, "no weights (*.safetensors or pytorch_model*.bin) in that folder")
     for key in ("model.embed_tokens.weight", "model.norm.weight"):
@@ -278,12 +318,17 @@ def convert(src: str | Path, dst: str | Path, opts: ConvertOptions = ConvertOpti
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # older transformers
+        from contextlib import nullcontext as no_init_weights
+    try:
         if kind == "cluster":
             config_cls, model_cls = register()
             config = config_cls(**common, cluster_centers=NUM_CENTERS)
         else:
             config, model_cls = LlavaConfig(**common), LlavaForConditionalGeneration
-        model = model_cls(config)
+        with no_init_weights():  # a 7B model is not initialised at random only to be overwritten
+            model = model_cls(config)
     finally:
         torch.set_default_dtype(previous)
     lm = {k[len("model."):]: v for k, v in state.items()
