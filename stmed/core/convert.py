@@ -98,7 +98,7 @@ def read_config(src: Path) -> dict:
     return cfg
 
 
-def load_state(folder: Path, names=("model.safetensors", "pytorch_model.bin")) -> dict:
+def load_state(folder: Path) -> dict:
     """Every tensor of a checkpoint folder: safetensors or .bin shards, index or not."""
     import torch
 
@@ -144,16 +144,19 @@ def _lora_state(src: Path, opts: ConvertOptions) -> dict:
     state = load_state(base_dir)
     if not state:
         _fail(src, f"--model-base {base}: no weights (*.safetensors or pytorch_model*.bin) in that folder")
-    strip = lambda k: k.removeprefix("base_model.model.").removeprefix("base_model.model.")  # noqa: E731
+    strip = lambda k: k.removeprefix("base_model.model.")  # noqa: E731  (peft's wrapper prefix)
     extra = torch.load(src / "non_lora_trainables.bin", map_location="cpu", weights_only=True)
     state.update({strip(k): v for k, v in extra.items()})
     adapter = {}
-    for name in ("adapter_model.safetensors", "adapter_model.bin"):
-        if (src / name).is_file():
-            adapter = load_state(src) if name.endswith("safetensors") else torch.load(
-                src / name, map_location="cpu", weights_only=True)
-            break
+    if (src / "adapter_model.safetensors").is_file():
+        from safetensors.torch import load_file
+
+        adapter = load_file(src / "adapter_model.safetensors")
+    elif (src / "adapter_model.bin").is_file():
+        adapter = torch.load(src / "adapter_model.bin", map_location="cpu", weights_only=True)
     adapter = {k: v for k, v in adapter.items() if "lora_" in k}
+    if adapter and not (src / "adapter_config.json").is_file():
+        _fail(src, "LoRA weights without adapter_config.json (its r and lora_alpha scale them)")
     if any(TOWER in strip(k) for k in adapter) and not any(k.startswith(TOWER) for k in state):
         # LoRA on the CLIP tower too (STLLaVA-Med): the base tower is the --vision-tower folder's
         if not opts.vision_tower:
@@ -166,8 +169,8 @@ def _lora_state(src: Path, opts: ConvertOptions) -> dict:
             clip = CLIPVisionModel.from_pretrained(opts.vision_tower).state_dict()
         state.update({TOWER + ("" if k.startswith("vision_model.") else "vision_model.") + k: v for k, v in clip.items()})
     if adapter:
-        acfg = json.loads((src / "adapter_config.json").read_text()) if (src / "adapter_config.json").is_file() else {}
-        scale = acfg.get("lora_alpha", 1) / acfg.get("r", 1)
+        acfg = json.loads((src / "adapter_config.json").read_text(encoding="utf-8"))
+        scale = acfg["lora_alpha"] / acfg["r"]  # rank_pattern / alpha_pattern: LLaVA's scripts set none
         for key in [k for k in adapter if ".lora_A." in k]:
             target = strip(key).replace(".lora_A.default", "").replace(".lora_A", "")
             if target not in state:
