@@ -291,10 +291,23 @@ def test_a_checkpoint_in_parts_takes_its_projector_file(tmp_path, tools_path):
     save_file({k: v for k, v in state.items() if "mm_projector" not in k}, src / "model.safetensors")
     projector = {k: v * 2 for k, v in state.items() if "mm_projector" in k}
     torch.save(projector, tmp_path / "mm_projector.bin")
-    convert(src, tmp_path / "hf", ConvertOptions(projector=str(tmp_path / "mm_projector.bin")))
+    # the ViT LoRA as STLLaVA-Med's builder.py loads it (lora_pt: peft on LLaVA's CLIPVisionTower)
+    vit = tmp_path / "vit-lora"
+    vit.mkdir()
+    a, b = torch.randn(2, D_VISION) * 0.1, torch.randn(64, 2) * 0.1
+    key = "base_model.model.vision_tower.vision_model.encoder.layers.1.mlp.fc1"
+    save_file({f"{key}.lora_A.weight": a, f"{key}.lora_B.weight": b}, vit / "adapter_model.safetensors")
+    (vit / "adapter_config.json").write_text(json.dumps({"r": 2, "lora_alpha": 2}))
+    convert(src, tmp_path / "hf", ConvertOptions(projector=str(tmp_path / "mm_projector.bin"), vision_lora=str(vit)))
     out = load_file(tmp_path / "hf" / "model.safetensors")
     l2 = next(v for k, v in out.items() if k.endswith("multi_modal_projector.linear_2.weight"))
     assert torch.equal(l2, projector["model.mm_projector.2.weight"])
+    from transformers import CLIPVisionModel
+
+    clip = CLIPVisionModel.from_pretrained(tmp_path / "clip").state_dict()
+    fc1 = next(v for k, v in clip.items() if k.endswith("encoder.layers.1.mlp.fc1.weight"))
+    got = next(v for k, v in out.items() if "vision" in k and k.endswith("encoder.layers.1.mlp.fc1.weight"))
+    assert torch.allclose(got, fc1 + b @ a, atol=1e-6)
 
 
 @pytest.mark.parametrize("damage, message", [
@@ -387,3 +400,28 @@ def test_reproduce_paper_dry_run_prints_the_commands_and_checks_the_inputs(tmp_p
     r = subprocess.run([sys.executable, script, "--dry", f"STLLAVA={tmp_path}/orig", f"CLIP={tmp_path}/clip",
                         "PATHVQA=hub", f"OUT={tmp_path}/out"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "missing:" not in r.stderr, r.stderr
+
+
+def test_stllava_med_as_released_a_cluster_projector_over_llava_15(tmp_path, tools_path):
+    """ZachSun/stllava-med-7b as its builder.py loads it: LoRA + non_lora_trainables.bin (the cluster
+    projector) over liuhaotian/llava-v1.5-7b (an mlp2x_gelu projector, replaced)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from stmed.core.convert import ConvertOptions, convert
+
+    original(tmp_path / "llava-1.5", tmp_path / "clip", kind="llava_llama")
+    cluster = original(tmp_path / "donor", tmp_path / "clip", kind="llava_llama", projector="cluster", seed=5)
+    release = tmp_path / "stllava-med-7b"
+    release.mkdir()
+    cfg = json.loads((tmp_path / "donor" / "config.json").read_text())
+    (release / "config.json").write_text(json.dumps(cfg))
+    torch.save({f"base_model.model.{k}": v for k, v in cluster.items() if "mm_projector" in k},
+               release / "non_lora_trainables.bin")
+    done = convert(release, tmp_path / "hf", ConvertOptions(model_base=str(tmp_path / "llava-1.5")))
+    assert done["projector"] == "cluster"
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["model_type"] == "stmed_llava_cluster"
+    out = load_file(tmp_path / "hf" / "model.safetensors")
+    assert not any(k.endswith("multi_modal_projector.linear_1.weight") and not torch.equal(
+        v, cluster["model.mm_projector.mlp.0.weight"]) for k, v in out.items())
+    assert any(k.endswith("multi_modal_projector.sim_alpha") for k in out)

@@ -5,7 +5,8 @@
 
 `make reproduce-paper` runs it; without a GPU (or with DRY=1) it is dry. Inputs, as make variables:
 STLLAVA (the ZachSun/stllava-med-7b folder, original layout), CLIP (openai/clip-vit-large-patch14-336,
-its vision tower), MODEL_BASE (only for a LoRA folder: non_lora_trainables.bin), PATHVQA (a PathVQA
+its vision tower), MODEL_BASE (for a LoRA folder with non_lora_trainables.bin, as the release is:
+liuhaotian/llava-v1.5-7b), VIT_LORA (ZachSun/stllava-med-7b-vit where it is a peft adapter), PATHVQA (a PathVQA
 test file, or "hub" for the Hugging Face mirror), OUT. VQA-RAD and SLAKE are the copies in examples/data.
 """
 
@@ -26,6 +27,8 @@ def commands(v: dict) -> list[list[str]]:
     convert = ["stmed", "convert", v["STLLAVA"], "-o", model, "--vision-tower", v["CLIP"]]
     if v.get("MODEL_BASE"):
         convert += ["--model-base", v["MODEL_BASE"]]
+    if v.get("VIT_LORA"):
+        convert += ["--vision-lora", v["VIT_LORA"]]
     cmds = [convert]
     for bench in PAPER:
         data = [] if bench != "pathvqa" or v["PATHVQA"] == "hub" else ["--data", v["PATHVQA"]]
@@ -43,6 +46,9 @@ def missing(v: dict) -> list[str]:
         lacks.append(f"STLLAVA={src}: no config.json (download ZachSun/stllava-med-7b there)")
     if v.get("MODEL_BASE") is None and (src / "non_lora_trainables.bin").is_file():
         lacks.append(f"STLLAVA={src} is a LoRA folder: set MODEL_BASE to its base model")
+    for name in ("MODEL_BASE", "VIT_LORA"):
+        if v.get(name) and not Path(v[name]).is_dir():
+            lacks.append(f"{name}={v[name]}: no such folder")
     if not (Path(v["CLIP"]) / "config.json").is_file():
         lacks.append(f"CLIP={v['CLIP']}: no config.json (download openai/clip-vit-large-patch14-336 there)")
     if v["PATHVQA"] != "hub" and not Path(v["PATHVQA"]).exists():
@@ -51,7 +57,7 @@ def missing(v: dict) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    v = {"STLLAVA": "models/stllava-med-7b", "CLIP": "models/clip-vit-large-patch14-336", "MODEL_BASE": None,
+    v = {"STLLAVA": "models/stllava-med-7b", "CLIP": "models/clip-vit-large-patch14-336", "MODEL_BASE": None, "VIT_LORA": None,
          "PATHVQA": "hub", "OUT": "runs/paper"}
     dry = False
     for arg in argv:

@@ -78,6 +78,8 @@ class ConvertOptions:
                                          "has none) in place of config.json's mm_vision_tower.")
     projector: str | None = opt(None, "A projector file (mm_projector.bin, non_lora_trainables.bin) for a checkpoint "
                                       "shipped in parts (STLLaVA-Med's -llm, -vit, -projector).")
+    vision_lora: str | None = opt(None, "A peft adapter folder on the vision tower (STLLaVA-Med's ViT LoRA, which its "
+                                        "builder.py loads as lora_pt), merged into the tower.")
     template: str | None = opt(None, "vicuna_v1 | mistral_instruct: the original conversation template to write "
                                      "(default: vicuna_v1 for llava_llama, mistral_instruct for llava_mistral).")
     dtype: str = opt("auto", "auto | bfloat16 | float16 | float32 (auto: the checkpoint's torch_dtype).")
@@ -145,18 +147,12 @@ def _lora_state(src: Path, opts: ConvertOptions) -> dict:
     if not state:
         _fail(src, f"--model-base {base}: no weights (*.safetensors or pytorch_model*.bin) in that folder")
     strip = lambda k: k.removeprefix("base_model.model.")  # noqa: E731  (peft's wrapper prefix)
-    extra = torch.load(src / "non_lora_trainables.bin", map_location="cpu", weights_only=True)
-    state.update({strip(k): v for k, v in extra.items()})
-    adapter = {}
-    if (src / "adapter_model.safetensors").is_file():
-        from safetensors.torch import load_file
-
-        adapter = load_file(src / "adapter_model.safetensors")
-    elif (src / "adapter_model.bin").is_file():
-        adapter = torch.load(src / "adapter_model.bin", map_location="cpu", weights_only=True)
-    adapter = {k: v for k, v in adapter.items() if "lora_" in k}
-    if adapter and not (src / "adapter_config.json").is_file():
-        _fail(src, "LoRA weights without adapter_config.json (its r and lora_alpha scale them)")
+    extra = {strip(k): v for k, v in torch.load(src / "non_lora_trainables.bin", map_location="cpu",
+                                                 weights_only=True).items()}
+    if any(k.startswith(PROJECTOR) for k in extra):  # a new projector (STLLaVA-Med's cluster on LLaVA-1.5's base)
+        state = {k: v for k, v in state.items() if not k.startswith(PROJECTOR)}
+    state.update(extra)
+    adapter, scale = _read_adapter(src)
     if any(TOWER in strip(k) for k in adapter) and not any(k.startswith(TOWER) for k in state):
         # LoRA on the CLIP tower too (STLLaVA-Med): the base tower is the --vision-tower folder's
         if not opts.vision_tower:
@@ -168,16 +164,38 @@ def _lora_state(src: Path, opts: ConvertOptions) -> dict:
         with loading_model(opts.vision_tower):
             clip = CLIPVisionModel.from_pretrained(opts.vision_tower).state_dict()
         state.update({TOWER + ("" if k.startswith("vision_model.") else "vision_model.") + k: v for k, v in clip.items()})
-    if adapter:
-        acfg = json.loads((src / "adapter_config.json").read_text(encoding="utf-8"))
-        scale = acfg["lora_alpha"] / acfg["r"]  # rank_pattern / alpha_pattern: LLaVA's scripts set none
-        for key in [k for k in adapter if ".lora_A." in k]:
-            target = strip(key).replace(".lora_A.default", "").replace(".lora_A", "")
-            if target not in state:
-                _fail(src, f"the adapter's {key} has no base weight {target} in --model-base {base}")
-            a, b = adapter[key].float(), adapter[key.replace("lora_A", "lora_B")].float()
-            state[target] = (state[target].float() + scale * (b @ a)).to(state[target].dtype)
+    _merge_lora(src, state, adapter, scale, lambda k: strip(k), f"--model-base {base}")
     return state
+
+
+def _read_adapter(folder: Path) -> tuple[dict, float]:
+    """A peft adapter folder's LoRA tensors and their scale (lora_alpha / r), or ({}, 0)."""
+    import torch
+
+    adapter = {}
+    if (folder / "adapter_model.safetensors").is_file():
+        from safetensors.torch import load_file
+
+        adapter = load_file(folder / "adapter_model.safetensors")
+    elif (folder / "adapter_model.bin").is_file():
+        adapter = torch.load(folder / "adapter_model.bin", map_location="cpu", weights_only=True)
+    adapter = {k: v for k, v in adapter.items() if "lora_" in k}
+    if not adapter:
+        return {}, 0.0
+    if not (folder / "adapter_config.json").is_file():
+        _fail(folder, "LoRA weights without adapter_config.json (its r and lora_alpha scale them)")
+    acfg = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+    return adapter, acfg["lora_alpha"] / acfg["r"]  # rank_pattern / alpha_pattern: LLaVA's scripts set none
+
+
+def _merge_lora(src: Path, state: dict, adapter: dict, scale: float, target_of, where: str) -> None:
+    """Fold each LoRA pair into its weight in ``state``: W += scale * B @ A (peft's merge_and_unload)."""
+    for key in [k for k in adapter if ".lora_A." in k]:
+        target = target_of(key.replace(".lora_A.default", "").replace(".lora_A", ""))
+        if target not in state:
+            _fail(src, f"the adapter's {key} has no base weight {target} in {where}")
+        a, b = adapter[key].float(), adapter[key.replace("lora_A", "lora_B")].float()
+        state[target] = (state[target].float() + scale * (b @ a)).to(state[target].dtype)
 
 
 def _vision(src: Path, cfg: dict, state: dict, opts: ConvertOptions):
@@ -219,6 +237,24 @@ def _vision_weights(src: Path, own: dict, folder: Path | None) -> dict:
 
     with loading_model(str(folder)):
         return CLIPVisionModel.from_pretrained(folder).state_dict()
+
+
+def _vision_lora(src: Path, tower: dict, folder: str) -> dict:
+    """A peft adapter made on LLaVA's CLIPVisionTower wrapper (keys base_model.model.vision_tower.
+    vision_model.*), merged into the tower's CLIPVisionModel weights."""
+    if not Path(folder).is_dir():
+        _fail(src, f"--vision-lora {folder}: no such folder")
+    adapter, scale = _read_adapter(Path(folder))
+    if not adapter:
+        _fail(src, f"--vision-lora {folder}: no LoRA weights (adapter_model.*) in that folder")
+    prefixed = any(k.startswith("vision_model.") for k in tower)
+
+    def target(key: str) -> str:
+        key = key.removeprefix("base_model.model.").removeprefix("vision_tower.")
+        return key if prefixed else key.removeprefix("vision_model.")
+
+    _merge_lora(src, tower, adapter, scale, target, "the vision tower")
+    return tower
 
 
 def _image_processor(cfg: dict, vision, folder):
@@ -310,6 +346,8 @@ def convert(src: str | Path, dst: str | Path, opts: ConvertOptions = ConvertOpti
     vision, vision_state, vision_folder = _vision(src, cfg, state, opts)
     kind, proj = _projector(src, cfg, state, vision.hidden_size, text.hidden_size)
     vision_state = _vision_weights(src, vision_state, vision_folder)
+    if opts.vision_lora:
+        vision_state = _vision_lora(src, dict(vision_state), opts.vision_lora)
     tok = _tokenizer(src, opts)
     image_token_id = tok.convert_tokens_to_ids("<image>")
     strategy = "default" if cfg.get("mm_vision_select_feature", "patch") == "patch" else "full"
