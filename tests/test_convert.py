@@ -231,6 +231,13 @@ def test_stages_run_on_a_converted_checkpoint(converted, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     shown = json.loads(r.stdout)
     assert shown["chosen_tokens"][-1] == "</s>" and shown["rejected_tokens"][-1] == "</s>", shown["chosen_tokens"]
+    conv = tmp_path / "conv.jsonl"
+    conv.write_text(json.dumps({"id": "c", "image": str(image), "conversations": [
+        {"from": "human", "value": "<image>\nWhat is shown?"}, {"from": "gpt", "value": "A chest x-ray."}]}) + "\n")
+    r = run_stmed("sft", conv, "-m", model, "-o", tmp_path / "out", "--dry-run", "--json", "-q")
+    assert r.returncode == 0, r.stderr[-2000:]
+    trained = [seg["tokens"] for seg in json.loads(r.stdout)["segments"] if seg["supervised"]]
+    assert len(trained) == 1 and trained[0][-1] == "</s>", trained
     r = run_stmed("dpo", pairs, "-m", model, "-o", tmp_path / "dpo", "--max-steps", "1", "--batch-size", "1",
                   "--grad-accum", "1", "--lora-r", "4", "--lora-alpha", "8")
     assert r.returncode == 0, r.stderr[-2000:]

@@ -59,7 +59,9 @@ MISTRAL_INSTRUCT = (
     "{% endfor %}"
 )
 TEMPLATES = {"vicuna_v1": VICUNA_V1, "mistral_instruct": MISTRAL_INSTRUCT}
-# which template each model_type's own scripts run with (LLaVA-Med v1.5: mistral_instruct)
+# The template by model_type: Mistral's [INST] format for llava_mistral. microsoft/LLaVA-Med's
+# llava/eval/model_vqa.py defaults to --conv-mode vicuna_v1 whatever the model; --template vicuna_v1
+# reproduces that eval. Its process_images pads to square (image_aspect_ratio "pad") there too.
 DEFAULT_TEMPLATE = {"llava_llama": "vicuna_v1", "llava": "vicuna_v1", "llava_mistral": "mistral_instruct"}
 TEXT_TYPE = {"llava_llama": "llama", "llava": "llama", "llava_mistral": "mistral"}
 # CLIP ViT-L/14-336 (openai/clip-vit-large-patch14-336), LLaVA-1.5's and STLLaVA-Med's tower: used
