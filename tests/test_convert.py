@@ -321,6 +321,7 @@ def test_a_checkpoint_in_parts_takes_its_projector_file(tmp_path, tools_path):
     ("projector", "no projector weights (model.mm_projector.*)"),
     ("hidden", "the projector maps 32 to 64 features, but the vision tower gives 48"),
     ("lm", "the language model lacks"),
+    ("anyres", "image_aspect_ratio anyres"),
 ])
 def test_a_truncated_or_mismatched_checkpoint_is_one_line(tmp_path, tools_path, damage, message):
     from safetensors.torch import load_file, save_file
@@ -332,6 +333,9 @@ def test_a_truncated_or_mismatched_checkpoint_is_one_line(tmp_path, tools_path, 
         state = {k: v for k, v in state.items() if "mm_projector" not in k}
     elif damage == "lm":
         state = {k: v for k, v in state.items() if "layers.1.mlp" not in k}
+    elif damage == "anyres":
+        cfg = json.loads((src / "config.json").read_text())
+        (src / "config.json").write_text(json.dumps({**cfg, "image_aspect_ratio": "anyres"}))
     else:  # a vision tower of another width than the projector was trained on
         cfg = json.loads((tmp_path / "clip" / "config.json").read_text())
         (tmp_path / "clip" / "config.json").write_text(json.dumps({**cfg, "hidden_size": 48}))

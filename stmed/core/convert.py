@@ -99,6 +99,11 @@ def read_config(src: Path) -> dict:
     if cfg.get("model_type") not in TEXT_TYPE:
         _fail(src, f"model_type {cfg.get('model_type')!r} is not an original-layout LLaVA "
                    f"({', '.join(sorted(TEXT_TYPE))}); an llava-hf checkpoint needs no conversion")
+    if str(cfg.get("image_aspect_ratio", "pad")).startswith("anyres"):
+        _fail(src, "image_aspect_ratio anyres (LLaVA-NeXT tiles) is not one stmed converts; use llava-hf's "
+                   "LLaVA-NeXT checkpoints")
+    if cfg.get("mm_use_im_start_end"):
+        _fail(src, "mm_use_im_start_end (<im_start>/<im_end> around the image) is not one stmed converts")
     return cfg
 
 
