@@ -224,6 +224,8 @@ def test_stages_run_on_a_converted_checkpoint(converted, tmp_path):
     q.write_text(json.dumps({"id": "a", "image": str(image), "question": "Is there a fracture?"}) + "\n")
     r = run_stmed("answer", q, "-m", model, "--max-new-tokens", "4", "-o", tmp_path / "a.jsonl")
     assert r.returncode == 0, r.stderr[-2000:]
+    r = run_stmed("answer", q, "-m", model, "--engine", "vllm", "-o", tmp_path / "v.jsonl")
+    assert r.returncode == 2 and "cluster projector, which vLLM does not implement" in r.stderr, r.stderr
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text(json.dumps({"id": "a", "image": str(image), "question": "Is there a fracture?",
                                  "chosen": "Yes, in the right lobe.", "rejected": "No."}) + "\n")
