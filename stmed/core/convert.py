@@ -395,6 +395,8 @@ def convert(src: str | Path, dst: str | Path, opts: ConvertOptions = ConvertOpti
                                chat_template=TEMPLATES[template], num_additional_image_tokens=1)
     dst.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(dst)
+    if kind != "cluster":
+        _hub_vision_keys(dst)
     processor.save_pretrained(dst)
     done = {"source": str(src), "source_model_type": cfg["model_type"], "projector": kind, "template": template,
             "lora_merged_onto": opts.model_base if lora else None,
@@ -403,6 +405,25 @@ def convert(src: str | Path, dst: str | Path, opts: ConvertOptions = ConvertOpti
             "vision_feature_layer": common["vision_feature_layer"], "dtype": str(dtype).replace("torch.", "")}
     (dst / "stmed_convert.json").write_text(json.dumps(done, indent=2) + "\n", encoding="utf-8")
     return done
+
+
+def _hub_vision_keys(folder: Path) -> None:
+    """The CLIP tower under the key names of llava-hf's checkpoints on the Hub
+    (``vision_tower.vision_model.*``): vLLM 0.32 reads only those, and transformers maps them back
+    for model_type llava (recent releases save ``vision_tower.embeddings.*``)."""
+    from safetensors.torch import load_file, save_file
+
+    def rename(key: str) -> str:
+        head, sep, tail = key.partition("vision_tower.")
+        return f"{head}vision_tower.vision_model.{tail}" if sep and not tail.startswith("vision_model.") else key
+
+    for shard in sorted(folder.glob("*.safetensors")):
+        save_file({rename(k): v for k, v in load_file(shard).items()}, shard, metadata={"format": "pt"})
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        data = json.loads(index.read_text(encoding="utf-8"))
+        data["weight_map"] = {rename(k): v for k, v in data["weight_map"].items()}
+        index.write_text(json.dumps(data, indent=2), encoding="utf-8")
 
 
 def _dtype(name: str, cfg: dict, state: dict):
