@@ -201,6 +201,11 @@ def test_converted_logits_equal_the_original_forward(converted):
                              "Is there a fracture? ASSISTANT:",
                 "mistral_instruct": "[INST] <image>\nIs there a fracture? [/INST]"}[template]
     assert prompt == expected
+    # a system text (the vuser strategy's) goes where the original puts it: in place of the default
+    # system line (vicuna_v1), or in <<SYS>> at the start of the first [INST] (mistral_instruct)
+    with_system = render(proc, [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Q?"}])
+    assert with_system == {"vicuna_v1": "Be brief. USER: <image>\nQ? ASSISTANT:",
+                           "mistral_instruct": "[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\n<image>\nQ? [/INST]"}[template]
     image = Image.open(sorted(EXAMPLE_IMAGES.glob("*.jpg"))[0]).convert("RGB")
     enc = proc(images=[image], text=[prompt], return_tensors="pt")
     image_id = loaded.model.config.image_token_id
