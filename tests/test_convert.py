@@ -179,7 +179,15 @@ def converted(request, tmp_path_factory, tools_path):
     root = tmp_path_factory.mktemp(request.param)
     clip_dir = root / "clip"
     state = original(root / "orig", clip_dir, kind=kind, projector=projector, tower_inside=inside)
-    done = convert(root / "orig", root / "hf", ConvertOptions(vision_tower=str(clip_dir) if inside else None))
+    if request.param == "llava-1.5":  # through the command line once: a JSON line on stdout, a sentence on stderr
+        r = run_stmed("convert", root / "orig", "-o", root / "hf")
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert "stmed: converted" in r.stderr and "vicuna_v1 template" in r.stderr, r.stderr
+        done = json.loads(r.stdout)
+        r = run_stmed("convert", root / "orig", "-o", root / "hf")
+        assert r.returncode == 2 and "the folder is not empty; pass --overwrite" in r.stderr
+    else:
+        done = convert(root / "orig", root / "hf", ConvertOptions(vision_tower=str(clip_dir) if inside else None))
     return request.param, root, state, done
 
 
