@@ -203,6 +203,9 @@ def test_converted_logits_equal_the_original_forward(converted):
     assert done["template"] == template and done["projector"] == projector and done["pad_to_square"]
     loaded = load_model(ModelSpec(str(root / "hf"), device="cpu"))
     proc = loaded.processor
+    assert proc.image_processor.do_pad, "image_aspect_ratio pad: the processor pads to square"
+    cfg = loaded.model.config
+    assert (cfg.vision_feature_layer, cfg.vision_feature_select_strategy) == (-2, "default")
     prompt = render(proc, [{"role": "user", "content": "Is there a fracture?"}])
     expected = {"vicuna_v1": "A chat between a curious user and an artificial intelligence assistant. The assistant "
                              "gives helpful, detailed, and polite answers to the user's questions. USER: <image>\n"
