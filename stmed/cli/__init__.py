@@ -10,6 +10,7 @@ from stmed.cli import evaluate  # noqa: F401
 from stmed.cli import judge  # noqa: F401
 from stmed.cli import train  # noqa: F401
 from stmed.cli import view  # noqa: F401
+from stmed.cli import convert  # noqa: F401
 
 
 def main() -> None:

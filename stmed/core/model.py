@@ -116,7 +116,10 @@ def load_weights(model: str, dtype, *, trust_remote_code: bool = False, adapter:
     (inference and a merged checkpoint then cost what the base model costs)."""
     from transformers import AutoModelForImageTextToText
 
+    from stmed.core.cluster import register
+
     _quiet_hf()
+    register()  # a converted STLLaVA-Med (cluster projector) loads without remote code
     with loading_model(model):
         loaded = AutoModelForImageTextToText.from_pretrained(model, dtype=dtype, trust_remote_code=trust_remote_code)
     return _apply_adapter(loaded, adapter) if adapter else loaded
@@ -135,9 +138,11 @@ def load_processor(spec: ModelSpec):
     ``template.use_template``), or one InputError line."""
     from transformers import AutoProcessor
 
+    from stmed.core.cluster import register
     from stmed.core.template import use_template
 
     _quiet_hf()
+    register()  # AutoProcessor reads config.json's model_type too
     with loading_model(spec.model):
         processor = AutoProcessor.from_pretrained(spec.model, trust_remote_code=spec.trust_remote_code)
     use_template(processor, spec.chat_template)

@@ -21,6 +21,7 @@ def use_template(processor, path: str | None = None) -> None:
     from pathlib import Path
 
     tok = getattr(processor, "tokenizer", None)
+    _set_rendering(processor, None)
     if path is not None:
         p = Path(path)
         if not p.is_file():
@@ -41,16 +42,78 @@ def use_template(processor, path: str | None = None) -> None:
     if not getattr(processor, "chat_template", None):
         raise NoTemplate("this model comes with no chat template; pass --chat-template FILE (a Jinja template, "
                          "or a chat_template.json)")
+    turn = [{"role": "user", "content": _SENTINEL}]
     try:
-        turn = [{"role": "user", "content": _SENTINEL}]
         with_image = apply_template(processor, turn, True, generation_prompt=True)
         without = apply_template(processor, turn, False, generation_prompt=True)
     except Exception as e:  # jinja's errors: the template is the user's input here
-        raise NoTemplate(f"the chat template cannot render a user turn ({type(e).__name__}: {e}); pass "
-                         "--chat-template FILE") from None
+        if not _takes_strings(processor):
+            raise NoTemplate(f"the chat template cannot render a user turn ({type(e).__name__}: {e}); pass "
+                             "--chat-template FILE") from None
+        _set_rendering(processor, STRING_CONTENT)
+        with_image = apply_template(processor, turn, True, generation_prompt=True)
+        without = apply_template(processor, turn, False, generation_prompt=True)
+        import sys
+
+        if processor.chat_template not in _SAID:  # once per process, however often the processor loads
+            _SAID.add(processor.chat_template)
+            print(f"stmed: the chat template takes string content only; image turns are rendered as the original "
+                  f"LLaVA code wrote them: {image_token(processor)!r} and a newline before the text", file=sys.stderr)
     if with_image.count(_SENTINEL) != 1 or with_image == without or "'type'" in with_image:
         raise NoTemplate("the chat template cannot render an image turn (it drops the image or writes the "
                          "message parts as text); pass --chat-template FILE with one that can")
+
+
+# A template whose content must be a string (the Mistral-Instruct template converted LLaVA-Med
+# checkpoints often carry: '[INST] ' + message['content'] + ' [/INST]'): the image goes in as the
+# original LLaVA code puts it, DEFAULT_IMAGE_TOKEN + "\n" before the first question
+# (haotian-liu/LLaVA llava/eval/model_vqa.py; the processor expands the token).
+_SAID: set[str] = set()
+STRING_CONTENT = "string-content: image token + newline before the text"
+
+
+_RENDERING: dict[int, str] = {}  # id(processor) -> rendering; kept off the processor, which save_pretrained writes
+
+
+def rendering(processor) -> str | None:
+    """How image turns are rendered, where it is not the template's own (records and --dry-run say it)."""
+    return _RENDERING.get(id(processor))
+
+
+def _set_rendering(processor, how: str | None) -> None:
+    import weakref
+
+    if how is None:
+        _RENDERING.pop(id(processor), None)
+        return
+    _RENDERING[id(processor)] = how
+    weakref.finalize(processor, _RENDERING.pop, id(processor), None)
+
+
+def image_token(processor) -> str:
+    tok = getattr(processor, "tokenizer", None)
+    return getattr(processor, "image_token", None) or getattr(tok, "image_token", None) or "<image>"
+
+
+def _takes_strings(processor) -> bool:
+    """Whether the template renders a user turn whose content is a plain string."""
+    if getattr(processor, "tokenizer", None) is None or not getattr(processor, "image_token", None):
+        return False
+    try:
+        _render_strings(processor, [{"role": "user", "content": _SENTINEL}], False, True)
+        return True
+    except Exception:
+        return False
+
+
+def _render_strings(processor, messages: list[dict], with_image: bool, generation_prompt: bool) -> str:
+    out, placed = [], not with_image
+    for m in messages:
+        if m["role"] == "user" and not placed:
+            m, placed = {**m, "content": f"{image_token(processor)}\n{m['content']}"}, True
+        out.append({"role": m["role"], "content": m["content"]})
+    return processor.tokenizer.apply_chat_template(out, chat_template=processor.chat_template,
+                                                   add_generation_prompt=generation_prompt, tokenize=False)
 
 
 def _hf_messages(messages: list[dict], with_image: bool) -> list[dict]:
@@ -79,6 +142,8 @@ def _fold_system(messages: list[dict]) -> list[dict]:
 
 def apply_template(processor, messages: list[dict], with_image: bool, generation_prompt: bool) -> str:
     try:
+        if rendering(processor) == STRING_CONTENT:
+            return _render_strings(processor, messages, with_image, generation_prompt)
         return processor.apply_chat_template(
             _hf_messages(messages, with_image), add_generation_prompt=generation_prompt, tokenize=False
         )

@@ -52,6 +52,7 @@ class VLLMEngine:
 
     def __init__(self, spec, *, batch_size: int = 256, tensor_parallel_size: int = 1,
                  gpu_memory_utilization: float = 0.9, max_model_len: int | None = None, enforce_eager: bool = False):
+        _refuse_cluster(spec.model)
         vllm = _import_vllm()
         from stmed.core.model import adapter_config, ensure_pad_token, load_processor, on_gpu, resolve_device, resolve_dtype
         from stmed.distributed import world
@@ -162,3 +163,16 @@ class VLLMEngine:
                                                                 lora_request=self.lora)):
             results[r][c] = float(res.prompt_logprobs[-1][token].logprob)
         return results
+
+
+def _refuse_cluster(model: str) -> None:
+    """vLLM has no model for SQ-LLaVA's cluster projector (a converted STLLaVA-Med): one line, before it loads."""
+    import json
+    from pathlib import Path
+
+    from stmed.core.cluster import MODEL_TYPE
+
+    config = Path(model).expanduser() / "config.json"
+    if config.is_file() and json.loads(config.read_text(encoding="utf-8")).get("model_type") == MODEL_TYPE:
+        raise InputError(f"--engine vllm: -m {model} has SQ-LLaVA's cluster projector, which vLLM does not "
+                         "implement; run it with --engine hf")

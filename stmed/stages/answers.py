@@ -83,8 +83,11 @@ def rendered_hash(backend, messages: list[dict]) -> dict:
     if processor is None:
         return {}
     from stmed.core.chat import prompt_hash, render
+    from stmed.core.template import rendering
 
-    return {"rendered_sha256": prompt_hash(render(processor, messages, with_image=True))}
+    how = rendering(processor)  # a string-content template: the image token written before the text
+    return {"rendered_sha256": prompt_hash(render(processor, messages, with_image=True)),
+            **({"rendering": how} if how else {})}
 
 
 def run(cfg: AnswersConfig, backend, records: list[Record]) -> Iterator[Outcome]:

@@ -183,6 +183,10 @@ def dry_run(cfg: DPOConfig) -> dict:
     batch = PairCollator(processor, cfg.max_length)([dataset[0]])
     tok = getattr(processor, "tokenizer", processor)
     out = {"id": dataset[0]["id"], "images": images}
+    from stmed.core.template import rendering
+
+    if rendering(processor):
+        out["rendering"] = rendering(processor)
     rows = {"prompt": (batch["prompt_input_ids"][0], batch["prompt_attention_mask"][0]),
             "chosen": (batch["completion_ids"][0], batch["completion_attention_mask"][0]),
             "rejected": (batch["completion_ids"][1], batch["completion_attention_mask"][1])}

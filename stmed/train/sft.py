@@ -133,5 +133,10 @@ def dry_run(cfg: SFTConfig) -> dict:
             segments.append({"tokens": [], "ids": [], "supervised": supervised})
         segments[-1]["ids"].append(tid)
         segments[-1]["tokens"].append(tok.convert_ids_to_tokens(tid))
-    return {"dry_run": {"id": dataset[0]["id"], "images": images, "segments": segments},
+    from stmed.core.template import rendering
+
+    shown = {"id": dataset[0]["id"], "images": images, "segments": segments}
+    if rendering(processor):
+        shown["rendering"] = rendering(processor)
+    return {"dry_run": shown,
             "conversations": len(dataset), "rejected": errors.count}

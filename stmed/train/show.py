@@ -23,6 +23,8 @@ def show_example(example: dict, as_json: bool) -> None:
     if as_json:
         print(json.dumps(example, ensure_ascii=False))
         return
+    if example.get("rendering"):
+        print(f"rendering: {example['rendering']}")
     if "segments" in example:  # sft: supervised segments marked
         for seg in example["segments"]:
             mark = "TRAIN" if seg["supervised"] else "     "
