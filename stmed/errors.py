@@ -44,7 +44,7 @@ def loading_model(model: str):
         raise InputError(f"-m {model}: its processor needs a library that is missing here ({e}); for "
                          "torchvision, install the release built for your torch (torch 2.N pairs with torchvision 0.N+15)") from None
     except Exception as e:
-        if _damaged_file(e):
+        if damaged_file(e):
             raise InputError(f"-m {model}: a weights file is damaged or cut short ({type(e).__name__}: "
                              f"{str(e).strip()[:160]}); download it again (for a Hub model, delete its folder "
                              "from the Hugging Face cache)") from None
@@ -55,8 +55,9 @@ def loading_model(model: str):
                          f"({lines[0] if lines else type(e).__name__})") from None
 
 
-def _damaged_file(e: Exception) -> bool:
-    """A weights file that does not read whole: safetensors' error, or a torch pickle cut short."""
+def damaged_file(e: Exception) -> bool:
+    """A weights file that does not read whole: safetensors' error, or a torch file cut short."""
     import pickle
 
-    return type(e).__name__ == "SafetensorError" or isinstance(e, (pickle.UnpicklingError, EOFError))
+    return (type(e).__name__ == "SafetensorError" or isinstance(e, (pickle.UnpicklingError, EOFError))
+            or (isinstance(e, RuntimeError) and "PytorchStreamReader" in str(e)))

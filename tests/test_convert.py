@@ -227,11 +227,10 @@ def test_converted_logits_equal_the_original_forward(converted):
     assert torch.allclose(got, want, atol=1e-4), (got - want).abs().max()
 
 
+@pytest.mark.parametrize("converted", ["stllava-med"], indirect=True)  # the cluster one, whose class stmed registers
 def test_stages_run_on_a_converted_checkpoint(converted, tmp_path):
     """inspect, answer and dpo through the CLI; dpo supervises the template's end token."""
     name, root, _, _ = converted
-    if name != "stllava-med":
-        pytest.skip("one layout through the CLI is enough (the cluster one, whose class stmed registers)")
     model = root / "hf"
     image = sorted(EXAMPLE_IMAGES.glob("*.jpg"))[0]
     r = run_stmed("inspect", image, "-m", model, "-n", "1", "--max-new-tokens", "4", "--json")
@@ -340,6 +339,8 @@ def test_a_checkpoint_in_parts_takes_its_projector_file(tmp_path, tools_path):
     ("hidden", "the projector maps 32 to 64 features, but the vision tower gives 48"),
     ("lm", "the language model lacks"),
     ("anyres", "image_aspect_ratio anyres"),
+    ("truncated weights", "a file of the checkpoint is damaged or cut short (SafetensorError"),
+    ("torn config", "a file of the checkpoint is damaged or cut short (JSONDecodeError"),
 ])
 def test_a_truncated_or_mismatched_checkpoint_is_one_line(tmp_path, tools_path, damage, message):
     from safetensors.torch import load_file, save_file
@@ -354,10 +355,16 @@ def test_a_truncated_or_mismatched_checkpoint_is_one_line(tmp_path, tools_path, 
     elif damage == "anyres":
         cfg = json.loads((src / "config.json").read_text())
         (src / "config.json").write_text(json.dumps({**cfg, "image_aspect_ratio": "anyres"}))
-    else:  # a vision tower of another width than the projector was trained on
+    elif damage == "hidden":  # a vision tower of another width than the projector was trained on
         cfg = json.loads((tmp_path / "clip" / "config.json").read_text())
         (tmp_path / "clip" / "config.json").write_text(json.dumps({**cfg, "hidden_size": 48}))
     save_file(state, src / "model.safetensors")
+    if damage == "truncated weights":  # a download cut short
+        data = (src / "model.safetensors").read_bytes()
+        (src / "model.safetensors").write_bytes(data[: len(data) // 2])
+    if damage == "torn config":
+        data = (src / "config.json").read_bytes()
+        (src / "config.json").write_bytes(data[: len(data) // 2])
     r = run_stmed("convert", src, "-o", tmp_path / "hf")
     assert r.returncode == 2 and r.stderr.startswith("stmed: error: convert ") and message in r.stderr, r.stderr
     assert r.stderr.strip().count("\n") == 0 and "Traceback" not in r.stderr
@@ -372,14 +379,13 @@ MISTRAL_INSTRUCT_STRINGS = (  # mistralai/Mistral-7B-Instruct-v0.2's template: s
     "{% else %}{{ raise_exception('Only user and assistant roles are supported!') }}{% endif %}{% endfor %}")
 
 
+@pytest.mark.parametrize("converted", ["llava-med-v1.5"], indirect=True)
 def test_a_string_content_template_renders_image_turns_as_the_original_code(converted, tmp_path):
     """A converted LLaVA-Med whose only template is Mistral-Instruct's: the image token and a newline
     go before the question (said once on stderr, recorded in answer_prompt, shown by --dry-run)."""
     import shutil
 
     name, root, _, _ = converted
-    if name != "llava-med-v1.5":
-        pytest.skip("the string-content template is LLaVA-Med's")
     model = shutil.copytree(root / "hf", tmp_path / "med")
     for f in ("chat_template.jinja", "chat_template.json"):
         (model / f).unlink(missing_ok=True)

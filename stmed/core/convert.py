@@ -282,7 +282,22 @@ def _projector(src: Path, cfg: dict, state: dict, vision_dim: int, text_dim: int
 
 def convert(src: str | Path, dst: str | Path, opts: ConvertOptions = ConvertOptions()) -> dict:
     """Write the llava-hf folder ``dst`` from the original-layout checkpoint ``src``; returns what
-    was done (also saved as ``dst/stmed_convert.json``)."""
+    was done (also saved as ``dst/stmed_convert.json``). A file of the checkpoint that does not
+    read whole (a download cut short, a torn config.json) is one InputError line."""
+    from stmed.errors import StmedError, damaged_file
+
+    try:
+        return _convert(src, dst, opts)
+    except StmedError:
+        raise
+    except Exception as e:
+        if not (damaged_file(e) or isinstance(e, (json.JSONDecodeError, UnicodeDecodeError))):
+            raise
+        raise InputError(f"convert {src}: a file of the checkpoint is damaged or cut short "
+                         f"({type(e).__name__}: {str(e).strip()[:160]})") from None
+
+
+def _convert(src: str | Path, dst: str | Path, opts: ConvertOptions) -> dict:
     import torch
     from transformers import AutoConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
