@@ -577,4 +577,10 @@ def test_docs_fuzz_table(request):
     new = f"{head}{BEGIN}\n{fuzz_table()}{END}{rest.split(END, 1)[1]}"
     if os.environ.get("STMED_WRITE_DOCS"):
         DOC.write_text(new, encoding="utf-8")
-    assert doc == new, "docs/reliability.md's fuzz table is stale: run STMED_WRITE_DOCS=1 pytest tests/test_fuzz.py"
+    if doc != new:
+        import difflib
+
+        changed = [ln for ln in difflib.unified_diff(doc.splitlines(), new.splitlines(), lineterm="", n=0)
+                   if ln[:1] in "+-" and ln[:3] not in ("+++", "---")]
+        pytest.fail("docs/reliability.md's fuzz table is stale (run STMED_WRITE_DOCS=1 pytest tests/test_fuzz.py):\n"
+                    + "\n".join(changed[:40]))
