@@ -31,17 +31,17 @@ class Corruption:
     seed: int = 0
 
     @classmethod
-    def parse(cls, text: str, seed: int = 0) -> "Corruption":
-        """``noise``, ``blur:0.05``...; a bad spec is one InputError line."""
+    def parse(cls, text: str, seed: int = 0, flag: str = "--corrupt") -> "Corruption":
+        """``noise``, ``blur:0.05``...; a bad spec is one InputError line naming ``flag``."""
         kind, _, value = text.strip().partition(":")
         if kind not in DEFAULTS:
-            raise InputError(f"--corrupt {text!r}: the kind must be one of {', '.join(DEFAULTS)} (e.g. blur:0.05)")
+            raise InputError(f"{flag} {text!r}: the kind must be one of {', '.join(DEFAULTS)} (e.g. blur:0.05)")
         try:
             strength = float(value) if value else DEFAULTS[kind]
         except ValueError:
-            raise InputError(f"--corrupt {text!r}: the strength after ':' must be a number in (0, 1]") from None
+            raise InputError(f"{flag} {text!r}: the strength after ':' must be a number in (0, 1]") from None
         if not 0 < strength <= 1:
-            raise InputError(f"--corrupt {text!r}: the strength must be in (0, 1], got {strength:g}")
+            raise InputError(f"{flag} {text!r}: the strength must be in (0, 1], got {strength:g}")
         return cls(kind, strength, seed)
 
     @classmethod

@@ -98,9 +98,21 @@ class DPOConfig(TrainConfig):
     loss: list[str] = field(default_factory=lambda: ["sigmoid"])  # the paper: sigmoid
     loss_weights: list[float] | None = None
     share_prefix: bool = True  # image prompt computed once per pair (stmed.train.pairs)
+    # Beyond the paper (stmed.train.variants); the defaults are the paper's plain DPO.
+    weight: str = "none"  # none | margin (the judge's) | any numeric field of the pair records
+    wpo: bool = False  # trl's WPO weighting (use_weighting: each pair by its answers' own probability)
+    image_pref: float = 0.0  # mDPO's image-conditional term, its weight (mDPO: 1.0)
+    image_pref_corrupt: str = "crop:0.2"  # the corrupted image of a pair that carries none (mDPO: crop to <=20%)
 
     def check(self) -> None:
         super().check()
+        from stmed.corrupt import Corruption
+
+        Corruption.parse(self.image_pref_corrupt, flag="--image-pref-corrupt")
+        if not self.image_pref >= 0:
+            raise InputError(f"--image-pref {self.image_pref}: the term's weight must be 0 (off) or more")
+        if (self.weight != "none" or self.wpo) and {"aot", "aot_unpaired"} & set(self.loss):
+            raise InputError("--weight and --wpo cannot scale the aot losses (they compare pairs across the batch)")
         for name in self.loss:
             if name not in LOSS_TYPES:
                 raise InputError(f"--loss {name!r}: unknown loss type{did_you_mean(name, LOSS_TYPES)}")

@@ -209,25 +209,35 @@ def image_settings(records: list[Record], flags: dict) -> dict:
 
 
 def lazy_images(settings: dict):
-    """A ``with_transform`` function that opens each row's image when the batch is drawn."""
+    """A ``with_transform`` function that opens each row's image when the batch is drawn (and
+    its corrupted copy, for the image-conditional term, when the rows carry one)."""
 
     def transform(batch: dict) -> dict:
         from stmed.images import load_image, prepare
+        from stmed.train.variants import corrupted
 
-        images = []
-        for path in batch["image_path"]:
+        images, bad = [], []
+        for i, path in enumerate(batch["image_path"]):
             img, _ = load_image(path)
             images.append([prepare(img, settings["pad_square"], settings["max_pixels"])])
-        return {**batch, "images": images}
+            if "corrupt" in batch:
+                bad.append([prepare(corrupted(img, batch["corrupt"][i]), settings["pad_square"],
+                                    settings["max_pixels"])])
+        return {**batch, "images": images, **({"corrupt_images": bad} if "corrupt" in batch else {})}
 
     return transform
 
 
 def load_pairs(path: str | Path, processor, *, errors: ErrorSink, image_root: Path | None = None,
-               flags: dict | None = None, limit: int | None = None):
+               flags: dict | None = None, limit: int | None = None, weight: str = "none",
+               image_pref_corrupt=None, seed: int = 0):
     """(Dataset, image settings): valid pairs (id, image_path, prompt, chosen_ids, rejected_ids,
     where; "images" on access), each prompt rendered as the answers were sampled, each answer
     tokenized after it (stmed.core.tokens) and ending with the end-of-turn token.
+
+    Beyond the paper (stmed.train.variants): ``weight`` names the field each pair's loss is scaled
+    by (a "weight" column, mean 1); ``image_pref_corrupt`` (a Corruption) adds a "corrupt" column
+    and, on access, "corrupt_images" for the image-conditional term.
 
     Bad pairs go to ``errors``; no valid pair at all is an InputError, raised before any
     model would be loaded (the processor is all this needs).
@@ -241,7 +251,11 @@ def load_pairs(path: str | Path, processor, *, errors: ErrorSink, image_root: Pa
         records = records[:limit]
     settings = image_settings(records, flags or {})
     vocab = len(getattr(processor, "tokenizer", processor))
+    from stmed.train.variants import corrupt_spec, normalised, record_weight
+
     rows: dict[str, list] = {k: [] for k in ("id", "image_path", "prompt", "chosen_ids", "rejected_ids", "where")}
+    extra: dict[str, list] = {**({"weight": []} if weight != "none" else {}),
+                              **({"corrupt": []} if image_pref_corrupt is not None else {})}
     for rec in records:
         try:
             question, chosen, rejected = parse_pair(rec)
@@ -249,14 +263,19 @@ def load_pairs(path: str | Path, processor, *, errors: ErrorSink, image_root: Pa
             image = check_image(rec, image_root)
             encoded = encode_pair(processor, messages, chosen, rejected, emitted_ids(rec, vocab))
             same_prompt(rec, encoded["prompt"])
+            more = {**({"weight": record_weight(rec, weight)} if weight != "none" else {}),
+                    **({"corrupt": corrupt_spec(rec, image_pref_corrupt, seed)} if "corrupt" in extra else {})}
         except RecordError as e:
             errors.add(rec, str(e))
             continue
         except TokenMismatch as e:
             errors.add(rec, f"{rec.where}: {e}")
             continue
-        for key, value in (("id", str(rec.get("id"))), ("image_path", str(image)), ("where", rec.where), *encoded.items()):
-            rows[key].append(value)
+        for key, value in (("id", str(rec.get("id"))), ("image_path", str(image)), ("where", rec.where), *encoded.items(),
+                           *more.items()):
+            (rows if key in rows else extra)[key].append(value)
     if not rows["id"]:
         raise InputError(f"{path}: no usable preference pairs ({errors.count} rejected; see the errors output)")
-    return Dataset.from_dict(rows).with_transform(lazy_images(settings)), settings
+    if "weight" in extra:
+        extra["weight"] = normalised(extra["weight"], weight)
+    return Dataset.from_dict({**rows, **extra}).with_transform(lazy_images(settings)), settings

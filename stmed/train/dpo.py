@@ -62,10 +62,13 @@ def trainer_class():
     from trl import DPOTrainer
     from trl.trainer.utils import FusedCausalLMOutput
 
-    from stmed.train.pairs import pair_logps
+    from stmed.train.pairs import corrupted_batch, pair_logps
+    from stmed.train.variants import image_pref_loss, wpo_slot
 
     class StmedDPOTrainer(DPOTrainer):
         share_prefix = True
+        wpo = False  # trl's own WPO factor too, besides any per-pair weight
+        image_pref = 0.0  # the weight of mDPO's image-conditional term (0: the paper's plain DPO)
 
         def _ref_context(self):
             if self.ref_model is not None:
@@ -82,8 +85,11 @@ def trainer_class():
             with torch.no_grad(), self._ref_context():
                 ref_chosen, ref_rejected = pair_logps(ref_model, inputs, share_prefix=self.share_prefix).sums()
             zero = torch.zeros_like(policy.mask[:, :1])
+            weight = inputs.get("pair_weight")
+            lss = policy.log_sum_sq_probs if weight is None else wpo_slot(
+                policy.log_probs, policy.log_sum_sq_probs, policy.mask, weight, self.wpo)
             outputs = dict(loss=None, log_probs=policy.log_probs, entropy=policy.entropy,
-                           log_sum_sq_probs=policy.log_sum_sq_probs, mean_logits=policy.mean_logits,
+                           log_sum_sq_probs=lss, mean_logits=policy.mean_logits,
                            is_top1=policy.is_top1, label_mask=policy.mask.bool())
             assert tuple(outputs) == FUSED_FIELDS, "FUSED_FIELDS must name what the step fills"
             fused = FusedCausalLMOutput(**outputs)
@@ -99,9 +105,25 @@ def trainer_class():
             assert tuple(staged) == STAGED_INPUTS, "STAGED_INPUTS must name what the step hands trl"
             saved, self.precompute_ref_logps = self.precompute_ref_logps, True
             try:
-                return super()._compute_loss(_Fixed(fused), staged, return_outputs=False)
+                loss = super()._compute_loss(_Fixed(fused), staged, return_outputs=False)
             finally:
                 self.precompute_ref_logps = saved
+            if self.image_pref:
+                loss = loss + self.image_pref * self._image_term(unwrapped, inputs, policy.sums()[0], ref_chosen)
+            return loss
+
+        def _image_term(self, unwrapped, inputs, chosen, ref_chosen):
+            """mDPO's conditional term: the chosen answer on the real image against the same answer
+            on the corrupted one (run on the bare module, as the shared prompt pass is)."""
+            bad = corrupted_batch(inputs)
+            policy = pair_logps(unwrapped, bad, share_prefix=self.share_prefix).sums()[0]
+            with torch.no_grad(), self._ref_context():
+                ref = pair_logps(self.ref_model if self.ref_model is not None else unwrapped, bad, share_prefix=self.share_prefix).sums()[0]
+            term, margin = image_pref_loss(chosen, ref_chosen, policy, ref, self.beta, inputs.get("pair_weight"))
+            mode = "train" if self.model.training else "eval"
+            self._metrics[mode]["image_pref/loss"].append(self.accelerator.gather(term.detach()).mean().item())
+            self._metrics[mode]["image_pref/margin"].append(self.accelerator.gather(margin).mean().item())
+            return term
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             return self._compute_loss(model, inputs, return_outputs)
@@ -117,13 +139,10 @@ def run(cfg: DPOConfig) -> dict:
     check_trl()
     import warnings
 
-    from transformers import PrinterCallback
-    from trl import DPOConfig as TrlDPOConfig
-
     warnings.filterwarnings("ignore", category=FutureWarning)  # transformers' renames, not the user's concern
 
     from stmed.train.loop import callbacks, fit
-    from stmed.train.pairs import PairCollator, uses_mrope
+    from stmed.train.pairs import uses_mrope
 
     if cfg.dry_run:
         return dry_run(cfg)
@@ -150,25 +169,45 @@ def run(cfg: DPOConfig) -> dict:
         share_prefix = False
         say(cfg, f"{cfg.model} uses M-RoPE (3-D positions from the image grid): computing each answer with "
                  "its own prompt (trl's way) instead of sharing the prompt")
-    checkpointing = bool(cfg.gradient_checkpointing) if cfg.gradient_checkpointing is not None else (
-        not share_prefix and on_gpu())
-    args = TrlDPOConfig(**trainer_kwargs(cfg, checkpointing), beta=cfg.beta, loss_type=list(cfg.loss),
-                        loss_weights=cfg.loss_weights, max_length=cfg.max_length,
-                        # keep LoRA's dropout (the paper's 0.05); the base model has no active dropout
-                        disable_dropout=False)
-    trainer = trainer_class()(model=model, args=args, train_dataset=dataset, processing_class=processor,
-                              peft_config=None if cfg.full else lora_config(cfg),
-                              data_collator=PairCollator(processor, cfg.max_length), callbacks=callbacks(cfg))
-    trainer.remove_callback(PrinterCallback)  # it prints logs to stdout; ours go to train_log.jsonl
-    trainer.share_prefix = share_prefix and not trainer.is_fsdp_enabled  # FSDP needs one root forward
+    trainer = make_trainer(cfg, model, processor, dataset, share_prefix, callbacks(cfg))
     summary = fit(trainer, cfg, resume_from, processor)
     return {"pairs": len(dataset), "rejected": errors.count, **summary}
 
 
+def make_trainer(cfg: DPOConfig, model, processor, dataset, share_prefix: bool, callbacks=None):
+    """trl's DPOTrainer with stmed's step, configured from ``cfg`` (the adapter added unless --full)."""
+    from transformers import PrinterCallback
+    from trl import DPOConfig as TrlDPOConfig
+
+    from stmed.train.pairs import PairCollator
+
+    checkpointing = bool(cfg.gradient_checkpointing) if cfg.gradient_checkpointing is not None else (
+        not share_prefix and on_gpu())
+    args = TrlDPOConfig(**trainer_kwargs(cfg, checkpointing), beta=cfg.beta, loss_type=list(cfg.loss),
+                        loss_weights=cfg.loss_weights, max_length=cfg.max_length,
+                        use_weighting=cfg.wpo or cfg.weight != "none",  # per-pair weights ride on it (variants)
+                        # keep LoRA's dropout (the paper's 0.05); the base model has no active dropout
+                        disable_dropout=False)
+    from peft import PeftModel
+
+    peft_config = None if cfg.full or isinstance(model, PeftModel) else lora_config(cfg)
+    trainer = trainer_class()(model=model, args=args, train_dataset=dataset, processing_class=processor,
+                              peft_config=peft_config, data_collator=PairCollator(processor, cfg.max_length),
+                              callbacks=callbacks)
+    trainer.remove_callback(PrinterCallback)  # it prints logs to stdout; ours go to train_log.jsonl
+    trainer.share_prefix = share_prefix and not trainer.is_fsdp_enabled  # FSDP needs one root forward
+    trainer.wpo, trainer.image_pref = cfg.wpo, cfg.image_pref
+    return trainer
+
+
 def _pairs(cfg: DPOConfig, processor, errors: ErrorSink):
+    from stmed.corrupt import Corruption
+
+    corrupt = Corruption.parse(cfg.image_pref_corrupt, flag="--image-pref-corrupt") if cfg.image_pref else None
     return load_pairs(cfg.data, processor, errors=errors, limit=cfg.limit,
                       flags={"pad_square": cfg.pad_square, "max_pixels": cfg.max_pixels},
-                      image_root=Path(cfg.image_root) if cfg.image_root else None)
+                      image_root=Path(cfg.image_root) if cfg.image_root else None,
+                      weight=cfg.weight, image_pref_corrupt=corrupt, seed=cfg.seed)
 
 
 def dry_run(cfg: DPOConfig) -> dict:
@@ -183,6 +222,12 @@ def dry_run(cfg: DPOConfig) -> dict:
     batch = PairCollator(processor, cfg.max_length)([dataset[0]])
     tok = getattr(processor, "tokenizer", processor)
     out = {"id": dataset[0]["id"], "images": images}
+    if "weight" in dataset[0]:
+        out["weight"] = round(dataset[0]["weight"], 6)  # over the pairs' mean
+    if "corrupt" in dataset[0]:
+        import json
+
+        out["image_pref_corrupt"] = json.loads(dataset[0]["corrupt"])
     from stmed.core.template import rendering
 
     if rendering(processor):

@@ -39,9 +39,10 @@ class PairCollator:
     def __call__(self, examples: list[dict]) -> dict[str, Any]:
         import torch
 
-        from stmed.core.generate import TOKEN_KEYS, encode_batch
+        from stmed.core.generate import encode_batch
 
-        enc = encode_batch(self.processor, [ex["prompt"] for ex in examples], [ex["images"][0] for ex in examples])
+        prompts = [ex["prompt"] for ex in examples]
+        enc = encode_batch(self.processor, prompts, [ex["images"][0] for ex in examples])
         answers = [list(a) for ex in examples for a in (ex["chosen_ids"], ex["rejected_ids"])]
         if self.max_length is not None:
             room = max(1, self.max_length - enc["input_ids"].shape[1])
@@ -50,11 +51,31 @@ class PairCollator:
         pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
         ids = torch.tensor([a + [pad] * (width - len(a)) for a in answers])
         mask = torch.tensor([[1] * len(a) + [0] * (width - len(a)) for a in answers])
-        batch = {"prompt_input_ids": enc["input_ids"], "prompt_attention_mask": enc["attention_mask"],
-                 "completion_ids": ids, "completion_attention_mask": mask}
-        batch.update({k: enc[k] for k in IMAGE_KEYS if k in enc})
-        batch.update({f"prompt_{k}": enc[k] for k in TOKEN_KEYS if k in enc and k != "attention_mask"})
+        batch = {**_prompt(enc), "completion_ids": ids, "completion_attention_mask": mask}
+        if "corrupt_images" in examples[0]:  # the same prompts on the corrupted images (stmed.train.variants)
+            bad = encode_batch(self.processor, prompts, [ex["corrupt_images"][0] for ex in examples])
+            batch.update({f"{CORRUPT}{k}": v for k, v in _prompt(bad).items()})
+        if "weight" in examples[0]:
+            batch["pair_weight"] = torch.tensor([float(ex["weight"]) for ex in examples])
         return batch
+
+
+CORRUPT = "corrupt_"  # the prefix of the corrupted-image prompt's keys in a batch
+
+
+def _prompt(enc) -> dict:
+    """The prompt's part of a batch: ids, mask, image tensors and per-token extras."""
+    from stmed.core.generate import TOKEN_KEYS
+
+    return {"prompt_input_ids": enc["input_ids"], "prompt_attention_mask": enc["attention_mask"],
+            **{k: enc[k] for k in IMAGE_KEYS if k in enc},
+            **{f"prompt_{k}": enc[k] for k in TOKEN_KEYS if k in enc and k != "attention_mask"}}
+
+
+def corrupted_batch(batch: dict) -> dict:
+    """The batch with its prompts on the corrupted images, the same answers."""
+    return {**{k[len(CORRUPT):]: v for k, v in batch.items() if k.startswith(CORRUPT)},
+            "completion_ids": batch["completion_ids"], "completion_attention_mask": batch["completion_attention_mask"]}
 
 
 @dataclass
