@@ -117,8 +117,9 @@ def trainer_class():
             on the corrupted one (run on the bare module, as the shared prompt pass is)."""
             bad = corrupted_batch(inputs)
             policy = pair_logps(unwrapped, bad, share_prefix=self.share_prefix).sums()[0]
+            ref_model = self.ref_model if self.ref_model is not None else unwrapped
             with torch.no_grad(), self._ref_context():
-                ref = pair_logps(self.ref_model if self.ref_model is not None else unwrapped, bad, share_prefix=self.share_prefix).sums()[0]
+                ref = pair_logps(ref_model, bad, share_prefix=self.share_prefix).sums()[0]
             term, margin = image_pref_loss(chosen, ref_chosen, policy, ref, self.beta, inputs.get("pair_weight"))
             mode = "train" if self.model.training else "eval"
             self._metrics[mode]["image_pref/loss"].append(self.accelerator.gather(term.detach()).mean().item())

@@ -26,15 +26,19 @@ from stmed.records import Record
 def record_weight(rec: Record, field: str) -> float:
     """The pair's raw weight from ``field``: a finite number >= 0, else RecordError naming file:line."""
     value = rec.get(field)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+    try:
+        number = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+    except OverflowError:  # an integer past float's range
+        number = math.inf
+    if not math.isfinite(number) or number < 0:
         what = "missing" if field not in rec else f"got {json.dumps(value)[:40]}"
         raise RecordError(f"{rec.where}: --weight {field} needs a number >= 0 in field {field!r} ({what})")
-    return float(value)
+    return number
 
 
 def normalised(weights: list[float], field: str) -> list[float]:
     """Weights over mean 1 (so a weighted run's step size matches an unweighted one's)."""
-    mean = sum(weights) / len(weights)
+    mean = math.fsum(w / len(weights) for w in weights)  # divided first: 1e308-sized weights stay finite
     if mean <= 0:
         raise InputError(f"--weight {field}: every pair's weight is 0, so nothing would be learned")
     return [w / mean for w in weights]
