@@ -146,3 +146,18 @@ def test_view_shows_the_corrupted_image_beside_the_real_one(answered, tmp_path):
     assert page.count('class="beside"') == 3 and page.count("hard negative: corrupt") == 3
     assert page.count("\u2717 rejected</span><span class=\"aid\">answer 3 on the corrupted image</span>") == 3
     assert corrupted.url != Thumbnailer()(answered[1].parent / rec["image"]).url
+
+
+@pytest.mark.parametrize("args, says", [
+    (("answer", "--corrupt", "smudge"), "--corrupt 'smudge': the kind must be one of noise, blur, mask, crop"),
+    (("answer", "--corrupt", "blur:2"), "the strength must be in (0, 1]"),
+    (("answer", "--corrupt", "noise", "-n", "2", "--corrupt-n", "3"), "--corrupt-n 3: at most -n (2)"),
+    (("judge", "--no-confirm"), "--no-confirm needs --hard-negative"),
+    (("judge", "--hard-negative", "blur"), "--hard-negative 'blur': expected corrupt"),
+])
+def test_bad_corrupt_flags_exit_2_before_any_output(questions, tmp_path, args, says):
+    out = tmp_path / "out.jsonl"
+    proc = run_stmed(args[0], questions, "-m", "no-such-model", *args[1:], "-o", out) if args[0] == "answer" \
+        else run_stmed(*args, str(questions), "-o", out)
+    assert proc.returncode == 2 and says in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not out.exists()

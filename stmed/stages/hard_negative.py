@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterable, Iterator
 
 from stmed.corrupt import Corruption
 from stmed.errors import RecordError
-from stmed.judge.common import question_of
 from stmed.judge.cost import JudgeStats
 from stmed.records import Record, answer_texts, require
 from stmed.stages.runner import Outcome
@@ -28,7 +27,7 @@ FLAG = "--hard-negative corrupt"
 
 def sides(rec: Record) -> tuple[list[str], str]:
     """The record's real-image answers and its first corrupted-image answer, or RecordError."""
-    require(rec, "image", types={"image": str})
+    require(rec, "image", "question", types={"image": str, "question": str})
     real = answer_texts(rec)
     if not real:
         raise RecordError(f"{rec.where}: {FLAG} needs an answer on the real image in 'answers'")
@@ -49,7 +48,6 @@ def run(records: Iterable[Record], *, confirm: bool, ask: Callable[[list], Itera
     for rec in records:
         try:
             real, bad = sides(rec)
-            question = question_of(rec)
         except RecordError as e:
             yield Outcome.failed(rec, str(e))
             continue
@@ -58,17 +56,17 @@ def run(records: Iterable[Record], *, confirm: bool, ask: Callable[[list], Itera
             judged.append(rec.derive(answers=[real[0], bad]))
         elif real[0].strip() == bad.strip():  # dpo refuses identical sides: say why here instead
             stats.reasons["identical-answers"] = stats.reasons.get("identical-answers", 0) + 1
-            yield Outcome("skipped", [_base(rec, question, skip="identical-answers", margin=None, judge=None)])
+            yield Outcome("skipped", [_base(rec, skip="identical-answers", margin=None, judge=None)])
         else:
-            yield Outcome.done(_base(rec, question, chosen=real[0], rejected=bad, margin=None, judge=None))
+            yield Outcome.done(_base(rec, chosen=real[0], rejected=bad, margin=None, judge=None))
     if judged:
         for o in ask(judged):
             rec, n_real = originals[o.record["id"]]
             yield _back(o, rec, n_real, stats)
 
 
-def _base(rec: Record, question: str, **fields) -> dict:
-    return {**rec, "id": rec["id"], "image": rec["image"], "question": question, **fields, "hard_negative": "corrupt"}
+def _base(rec: Record, **fields) -> dict:
+    return {**rec, **fields, "hard_negative": "corrupt"}
 
 
 def _back(o: Outcome, rec: Record, n_real: int, stats: JudgeStats) -> Outcome:
