@@ -105,6 +105,9 @@ def test_unjudged_hard_negatives_pair_the_corrupt_answer_and_train_in_dpo(answer
     proc = run_stmed("dpo", out, "-m", tiny_model, "--dry-run", "--json", "-o", tmp_path / "dpo")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stderr.splitlines()[-1].removeprefix("stmed: ")) == {"pairs": 3, "rejected": 0}
+    first = json.loads(proc.stdout)
+    assert first["chosen_ids"][:-1] == rows[0]["answers"][0]["ids"], "dpo trains the ids the model emitted"
+    assert first["rejected_ids"][:-1] == rows[0]["corrupt_answers"][0]["ids"], "the corrupted-image answer's too"
 
 
 def test_the_judge_keeps_a_hard_negative_only_when_the_real_image_answer_wins(tmp_path, monkeypatch):
