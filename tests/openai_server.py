@@ -42,6 +42,7 @@ class Stats:
     by_path: dict = field(default_factory=dict)
     auth_headers: set = field(default_factory=set)
     times: list = field(default_factory=list)  # (monotonic time, status) per chat request
+    images: list = field(default_factory=list)  # the image data URLs of the chat requests answered
 
 
 def judge_scores(text: str, position_bias: int = 0) -> tuple[int, int] | None:
@@ -61,6 +62,11 @@ def prompt_text(body: dict) -> str:
         elif isinstance(c, list):
             parts += [p.get("text", "") for p in c if p.get("type") == "text"]
     return "\n".join(parts)
+
+
+def image_urls(body: dict) -> list[str]:
+    return [p["image_url"]["url"] for m in body.get("messages", []) if isinstance(m.get("content"), list)
+            for p in m["content"] if p.get("type") == "image_url"]
 
 
 def completion(body: dict, position_bias: int = 0, garbage: bool = False) -> dict:
@@ -278,7 +284,10 @@ class Handler(BaseHTTPRequestHandler):
                 return
             if fault == "badjson":
                 return self._send(200, None, raw=b'{"id": "chatcmpl-x", "choices": [')
-            self._send(200, completion(json.loads(body), srv.position_bias, garbage=fault == "garbage"))
+            parsed = json.loads(body)
+            with srv.lock:
+                s.images += image_urls(parsed)
+            self._send(200, completion(parsed, srv.position_bias, garbage=fault == "garbage"))
         except (BrokenPipeError, ConnectionResetError, OSError):
             status = -1  # the client gave up on a slow reply
         finally:

@@ -33,7 +33,10 @@ def judge(
     skipped: Annotated[Optional[str], Opt(help="Skipped records (tie, order-inconsistent, below-margin) go here (default OUTPUT.skipped.jsonl).")] = None,
     limit: c.Limit = None, shard: c.Shard = None,
 ) -> int:
-    """Judge each record's answers and write (chosen, rejected) preference pairs."""
+    """Judge each record's answers and write (chosen, rejected) preference pairs.
+
+    With --hard-negative corrupt the rejected side is the answer on the corrupted image
+    (stmed answer --corrupt), confirmed by the judge unless --no-confirm."""
     from stmed.judge.cost import load_prices
     from stmed.stages.judge import judge as run_judge
 
@@ -44,7 +47,7 @@ def judge(
     cfg.local = spec
     table = load_prices(prices, price, cfg.judge_model)
     local = cfg.local_model
-    if not local and not cfg.collect and not cfg.prepare_only:
+    if cfg.asks and not local and not cfg.collect and not cfg.prepare_only:
         from stmed.backends.openai_client import api_key_from_env
 
         api_key_from_env(cfg.api_key_env, cfg.base_url)  # a missing key stops here, before any file is opened
@@ -54,4 +57,4 @@ def judge(
 
         cfg.collected = read_outputs(cfg.collect)  # a malformed output file stops here, before any output
     return run_judge(cfg, records, replace(files, skipped=skipped), prices=table, export=export,
-                     cache=None if no_cache or local else (cache or "default"))
+                     cache=None if no_cache or local or not cfg.asks else (cache or "default"))

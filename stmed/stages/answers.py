@@ -13,7 +13,8 @@ from stmed.errors import InputError, RecordError
 from stmed.options import MAX_PIXELS_HELP, ints, opt
 from stmed.prompts import Prompt, file_option
 from stmed.records import Record, require
-from stmed.stages.common import chunk_size, chunks, record_image
+from stmed.corrupt import Corruption
+from stmed.stages.common import chunk_size, chunks, record_image, seed_for
 from stmed.stages.runner import Outcome
 
 
@@ -37,13 +38,19 @@ class AnswersConfig:
                                        parse=file_option("system", builtin=False))
     template: Prompt | None = opt(None, "File with a prompt template containing {question}.", type=Optional[Path],
                                   parse=file_option("template", builtin=False))  # default: the question as is
+    # hard negatives: the same question answered on a corrupted copy of the image (stmed.corrupt)
+    corrupt: Corruption | None = opt(None, "Also answer on a corrupted copy of the image: noise|blur|mask|crop[:STRENGTH] "
+                                     "(recorded as 'corrupt' and 'corrupt_answers').", type=Optional[str],
+                                     parse=lambda s: Corruption.parse(s) if s else None)
+    corrupt_seed: int = opt(0, "Base seed of the corruptions (each record's own comes from it and the record id).")
+    corrupt_n: int = opt(1, "Answers per question on the corrupted image (seeds: the first of --seeds).", min=1)
     sample_seeds: list[int | None] = field(init=False)
 
     def __post_init__(self):
         if self.template is not None and "{question}" not in self.template.text:  # --greedy too
             raise InputError("the answer template file must contain {question}")
         if self.greedy:
-            self.n, self.sample_seeds = 1, [None]
+            self.n, self.sample_seeds, self.corrupt_n = 1, [None], 1
             return
         if self.n < 1:
             raise InputError("-n must be at least 1")
@@ -55,6 +62,14 @@ class AnswersConfig:
         if len(set(seeds)) != len(seeds):
             raise InputError(f"--seeds {','.join(map(str, self.seeds))}: seeds must differ, or answers repeat")
         self.sample_seeds = seeds
+        if self.corrupt_n > self.n:
+            raise InputError(f"--corrupt-n {self.corrupt_n}: at most -n ({self.n}), as it takes its seeds from --seeds")
+
+    def corruption(self, rec: Record) -> Corruption | None:
+        """This record's corruption: its seed from the record's id, so batches, shards and resumes agree."""
+        if self.corrupt is None:
+            return None
+        return self.corrupt.with_seed(seed_for(self.corrupt_seed, str(rec.get("id") or rec.get("image")), 0))
 
     def sampling(self) -> SamplingParams:
         if self.greedy:
@@ -94,25 +109,41 @@ def run(cfg: AnswersConfig, backend, records: list[Record]) -> Iterator[Outcome]
     """One Outcome per question record: the record with ``answers`` added, in input order."""
     meta = {**backend.describe(), **cfg.sampling().record(), "stmed": __version__,
             "prompts": {p.name: p.version for p in (cfg.system_prompt, cfg.template) if p is not None}}
-    size = chunk_size(cfg.chunk_size, backend, len(cfg.sample_seeds))
+    rows = len(cfg.sample_seeds) + (cfg.corrupt_n if cfg.corrupt else 0)
+    size = chunk_size(cfg.chunk_size, backend, rows)
     for chunk in chunks(records, size):
-        ready: list[tuple[Record, GenRequest]] = []
+        ready: list[tuple[Record, GenRequest, GenRequest | None, Corruption | None]] = []
         for rec in chunk:
             try:
                 require(rec, "question", types={"question": str})
-                ready.append((rec, GenRequest(cfg.messages(rec["question"]),
-                                              record_image(rec, cfg.image_root, cfg.pad_square, cfg.max_pixels),
-                                              seeds=cfg.sample_seeds)))
+                messages, corrupt = cfg.messages(rec["question"]), cfg.corruption(rec)
+                image = record_image(rec, cfg.image_root, cfg.pad_square, cfg.max_pixels)
+                bad = None if corrupt is None else GenRequest(  # the same prompt and seeds, only the pixels differ
+                    messages, record_image(rec, cfg.image_root, cfg.pad_square, cfg.max_pixels, corrupt),
+                    seeds=cfg.sample_seeds[: cfg.corrupt_n])
+                ready.append((rec, GenRequest(messages, image, seeds=cfg.sample_seeds), bad, corrupt))
             except RecordError as e:
                 yield Outcome.failed(rec, str(e))
-        outputs = dict(backend.generate([req for _, req in ready], cfg.sampling()))
-        for j, (rec, req) in enumerate(ready):
-            out = outputs[j]
-            if isinstance(out, Exception):  # failed after its retries (remote) or in the model (this input)
-                yield Outcome.failed(rec, str(out))
+        requests = [r for rec, req, bad, _ in ready for r in (req, bad) if r is not None]
+        outputs = dict(backend.generate(requests, cfg.sampling()))
+        j = 0
+        for rec, req, bad, corrupt in ready:
+            out, bad_out = outputs[j], outputs[j + 1] if bad is not None else None
+            j += 1 + (bad is not None)
+            failure = next((o for o in (out, bad_out) if isinstance(o, Exception)), None)
+            if failure is not None:  # failed after its retries (remote) or in the model (this input)
+                yield Outcome.failed(rec, str(failure))
                 continue
-            answers = [{"text": t, "seed": s} for t, s in zip(out.texts, req.seeds)]
-            for a, ids in zip(answers, out.ids or ()):  # a local engine's emitted ids: what dpo trains on
-                a["ids"] = ids
-            yield Outcome.done(rec.derive(answers=answers, answer_gen=meta, answer_prompt={
-                **cfg.prompt_record(req.messages), **rendered_hash(backend, req.messages)}), tokens=out.total_tokens)
+            fields = {"answers": _answers(out, req.seeds)}
+            if bad is not None:
+                fields.update(corrupt=corrupt.record(), corrupt_answers=_answers(bad_out, bad.seeds))
+            yield Outcome.done(rec.derive(**fields, answer_gen=meta, answer_prompt={
+                **cfg.prompt_record(req.messages), **rendered_hash(backend, req.messages)}),
+                tokens=out.total_tokens + (bad_out.total_tokens if bad_out is not None else 0))
+
+
+def _answers(out, seeds: list) -> list[dict]:
+    answers = [{"text": t, "seed": s} for t, s in zip(out.texts, seeds)]
+    for a, ids in zip(answers, out.ids or ()):  # a local engine's emitted ids: what dpo trains on
+        a["ids"] = ids
+    return answers

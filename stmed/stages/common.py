@@ -8,6 +8,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
+from stmed.corrupt import Corruption
 from stmed.errors import RecordError
 from stmed.images import load_image, prepare, resolve_path, short_path
 from stmed.records import Record
@@ -15,8 +16,10 @@ from stmed.records import Record
 T = TypeVar("T")
 
 
-def record_image(rec: Record, image_root: Path | None = None, pad_square: bool = False, max_pixels: int | None = None):
-    """The record's image as RGB (optionally padded square, bounded in pixels), or RecordError naming file:line."""
+def record_image(rec: Record, image_root: Path | None = None, pad_square: bool = False, max_pixels: int | None = None,
+                 corrupt: Corruption | None = None):
+    """The record's image as RGB (optionally corrupted, padded square, bounded in pixels), or
+    RecordError naming file:line."""
     image = rec.get("image")
     if image is not None and not isinstance(image, str):
         raise RecordError(f"{rec.where}: field 'image' must be str, got {type(image).__name__}")
@@ -25,7 +28,7 @@ def record_image(rec: Record, image_root: Path | None = None, pad_square: bool =
     try:
         path = resolve_path(image, rec.base_dir, image_root)
         stat = path.stat()
-        return _load(str(path), stat.st_mtime_ns, stat.st_size, pad_square, max_pixels)
+        return _load(str(path), stat.st_mtime_ns, stat.st_size, pad_square, max_pixels, corrupt)
     except FileNotFoundError:
         raise RecordError(f"{rec.where}: {path}: image not found") from None
     except RecordError as e:  # an image from a folder input: its "where" is the image's path already
@@ -36,10 +39,14 @@ def record_image(rec: Record, image_root: Path | None = None, pad_square: bool =
 
 
 @lru_cache(maxsize=8)
-def _load(path: str, mtime_ns: int, size: int, pad_square: bool, max_pixels: int | None):
+def _load(path: str, mtime_ns: int, size: int, pad_square: bool, max_pixels: int | None,
+          corrupt: Corruption | None = None):
     """Questions about one image sit together: decode it once, not once per question. Keyed by
-    modification time and size so a rewritten file is read again; small, as images can be big."""
+    modification time and size so a rewritten file is read again; small, as images can be big.
+    A corruption works on the decoded pixels, before padding and resizing, as every stage rebuilds it."""
     img, _ = load_image(path)
+    if corrupt is not None:
+        img = corrupt.apply(img)
     return prepare(img, pad_square, max_pixels)
 
 

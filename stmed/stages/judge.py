@@ -64,6 +64,12 @@ class JudgeConfig:
     poll_interval: float = opt(30.0, "batch: seconds between status polls.")
     max_batch_requests: int = 50_000  # OpenAI's per-file limit
     max_batch_bytes: int = 190 * 1024 * 1024  # under OpenAI's 200 MB file limit
+    # hard negatives (stmed.stages.hard_negative): the rejected side is the corrupted image's answer
+    hard_negative: str | None = opt(None, "corrupt: pair each record's first answer (chosen) with its first answer on "
+                                    "the corrupted image (rejected), from stmed answer --corrupt.")
+    confirm: bool = opt(True, "--hard-negative: keep a pair only when the judge prefers the real-image answer by "
+                        "--min-margin; --no-confirm: keep every pair, no judge call (margin null).",
+                        flags="--confirm/--no-confirm")
     collected: dict | None = field(default=None, repr=False)  # the --collect files once read (the CLI reads them first)
 
     def __post_init__(self) -> None:
@@ -75,6 +81,10 @@ class JudgeConfig:
             raise InputError(f"--json {self.json_mode!r}: expected auto, on or off")
         if self.min_margin < 0:
             raise InputError("--min-margin must be 0 or more")
+        if self.hard_negative not in (None, "corrupt"):
+            raise InputError(f"--hard-negative {self.hard_negative!r}: expected corrupt")
+        if not self.confirm and self.hard_negative is None:
+            raise InputError("--no-confirm needs --hard-negative (an unjudged pair needs a known worse answer)")
         self.prompt = JudgePrompt.from_file(self.prompt_file) if self.prompt_file else JudgePrompt()
 
     @property
@@ -92,9 +102,16 @@ class JudgeConfig:
         """The local judge model, loaded by its engine (--engine) like any other model."""
         return replace(self.local, model=self.judge_model)
 
+    @property
+    def asks(self) -> bool:
+        """Whether this run asks a judge at all (not for unconfirmed hard negatives)."""
+        return self.hard_negative is None or self.confirm
+
     def describe(self) -> dict:
         """The settings recorded in every output and in _meta (no secrets: the key is never here)."""
-        return {"model": self.judge_model, "prompt_version": self.prompt.version, "policy": self.policy,
+        if not self.asks:
+            return {"hard_negative": self.hard_negative, "confirm": False}
+        return {**({"hard_negative": self.hard_negative} if self.hard_negative else {}),"model": self.judge_model, "prompt_version": self.prompt.version, "policy": self.policy,
                 "min_margin": self.min_margin, "temperature": self.temperature, "backend": self.backend,
                 **({"engine": self.engine} if self.local_model and self.engine != "hf" else {})}
 
@@ -106,7 +123,14 @@ def run(cfg: JudgeConfig, records: list, stats: JudgeStats | None = None, *, cac
         from stmed.judge.cache import NoCache
 
         cache = NoCache()
-    yield from cfg.entry.load(registry.JUDGE)(cfg, records, stats, cache)
+    ask = cfg.entry.load(registry.JUDGE)
+    if cfg.hard_negative:
+        from stmed.stages import hard_negative
+
+        yield from hard_negative.run(records, confirm=cfg.confirm, ask=lambda recs: ask(cfg, recs, stats, cache),
+                                     stats=stats)
+        return
+    yield from ask(cfg, records, stats, cache)
 
 
 def judge(cfg: JudgeConfig, records: list, files: Files, *, cache=None, prices: dict | None = None,

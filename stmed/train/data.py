@@ -151,19 +151,21 @@ def encode_pair(processor, messages: list[dict], chosen: str, rejected: str,
 
 
 def emitted_ids(record: Record, vocab_size: int) -> dict[str, list[int]]:
-    """answer text -> the ids the model emitted for it, from the record's ``answers`` (written by
-    ``stmed answer`` with a local engine; absent for a served model or another tool's pairs)."""
-    out = {}
-    answers = record.get("answers")
-    for k, a in enumerate(answers if isinstance(answers, list) else []):
-        if not isinstance(a, dict) or "ids" not in a:
-            continue
-        ids = a["ids"]
-        if (not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids)
-                or any(not 0 <= i < vocab_size for i in ids)):
-            raise RecordError(f"{record.where}: answers[{k}].ids must be a list of this model's token ids")
-        if isinstance(a.get("text"), str):
-            out[a["text"]] = ids
+    """answer text -> the ids the model emitted for it, from the record's ``answers`` and
+    ``corrupt_answers`` (a hard negative's rejected side; both written by ``stmed answer`` with a
+    local engine; absent for a served model or another tool's pairs)."""
+    out: dict[str, list[int]] = {}
+    for key in ("answers", "corrupt_answers"):
+        answers = record.get(key)
+        for k, a in enumerate(answers if isinstance(answers, list) else []):
+            if not isinstance(a, dict) or "ids" not in a:
+                continue
+            ids = a["ids"]
+            if (not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids)
+                    or any(not 0 <= i < vocab_size for i in ids)):
+                raise RecordError(f"{record.where}: {key}[{k}].ids must be a list of this model's token ids")
+            if isinstance(a.get("text"), str):
+                out.setdefault(a["text"], ids)  # a real-image answer first, should the texts be the same
     return out
 
 

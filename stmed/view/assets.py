@@ -43,6 +43,12 @@ h2 { font-size: 16px; margin: 0 0 4px; word-break: break-all; }
 .noimg { width: 256px; height: 160px; display: flex; align-items: center; justify-content: center; text-align: center;
   padding: 10px; background: var(--bg); color: var(--muted); border: 1px dashed var(--line); border-radius: 4px; }
 .body { min-width: 0; }
+.badge.hard { background: var(--red-bg); color: var(--red); border-color: #ffcecb; }
+.beside { display: flex; gap: 8px; margin: 6px 0; }
+.beside figure { margin: 0; }
+.beside img, .beside .noimg { width: 128px; height: auto; max-height: 160px; object-fit: contain; background: #000;
+  border-radius: 4px; display: block; }
+.beside figcaption { color: var(--muted); font-size: 12px; }
 .description { margin: 6px 0; }
 .lbl { font-size: 11px; font-weight: 600; text-transform: uppercase; letter-spacing: .04em; color: var(--muted);
   margin-right: 4px; }

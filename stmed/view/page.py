@@ -25,7 +25,7 @@ from stmed.view.curves import curves_html
 from stmed.view.inputs import Inputs, read_inputs
 from stmed.view.render import SEP, CardRenderer
 from stmed.view.scrub import Scrubber
-from stmed.view.thumbs import THUMB_SIDE, Thumbnailer
+from stmed.view.thumbs import THUMB_SIDE, Thumb, Thumbnailer
 
 PER_PAGE = 20  # cards on screen at once: a page of radiographs fits a few screens
 
@@ -99,13 +99,28 @@ def _render_cards(cards: list[Card], cfg: ViewConfig, scrub: Scrubber) -> tuple[
     out = []
     with track("view", len(cards), quiet=cfg.quiet, unit="images") as tracker:
         for card, path in zip(cards, paths):
-            thumb, name = None, None
+            thumb, name, corrupted = None, None, {}
             if path is not None:
-                thumb, name = thumbs(path), scrub.path(card.image[0])
-            out.append(f'<template class="card-t">{renderer.card(card, thumb, name)}</template>')
+                thumb, name, corrupted = thumbs(path), scrub.path(card.image[0]), _corrupted(card, path, thumbs)
+            out.append(f'<template class="card-t">{renderer.card(card, thumb, name, corrupted)}</template>')
             tracker.advance(kind="done" if thumb is None or thumb.url else "failed")
         tracker.counts = {"images": len(cards), "not shown": thumbs.failed}
     return out, thumbs.failed
+
+
+def _corrupted(card: Card, path: Path, thumbs: Thumbnailer) -> dict[str, Thumb]:
+    """Unit id -> the corrupted image its ``corrupt`` record rebuilds (stmed answer --corrupt)."""
+    from stmed.corrupt import Corruption
+    from stmed.errors import RecordError
+
+    out = {}
+    for u in card.units:
+        if "corrupt" in u.record:
+            try:
+                out[u.id] = thumbs.corrupted(path, Corruption.from_record(u.record["corrupt"], u.id))
+            except RecordError as e:
+                out[u.id] = Thumb(error=str(e))
+    return out
 
 
 def _tally(cards: list[Card]) -> dict[str, int]:

@@ -42,8 +42,11 @@ class CardRenderer:
 
     # ------------------------------------------------------------------ card
 
-    def card(self, card: Card, thumb: Thumb | None, image_name: str | None) -> str:
-        units = "".join(self.unit(card, u) for u in card.units)
+    def card(self, card: Card, thumb: Thumb | None, image_name: str | None,
+             corrupted: dict[str, Thumb] | None = None) -> str:
+        """``corrupted``: unit id -> the corrupted copy its answers were also sampled on."""
+        corrupted = corrupted or {}
+        units = "".join(self.unit(card, u, thumb, corrupted.get(u.id)) for u in card.units)
         errors = ""
         if card.errors:  # failures before any question: a unit of their own, so the error filter finds them
             errors = "".join(self.error(e) for e in card.errors)
@@ -95,7 +98,7 @@ class CardRenderer:
 
     # ------------------------------------------------------------------ unit
 
-    def unit(self, card: Card, unit: Unit) -> str:
+    def unit(self, card: Card, unit: Unit, thumb: Thumb | None = None, corrupted: Thumb | None = None) -> str:
         rec = unit.record
         tags = outcomes(unit)
         atype = answer_type(unit)
@@ -105,6 +108,8 @@ class CardRenderer:
             head.append(f'<span class="atype">{escape(atype)}</span>')
         if "chosen" in rec and "rejected" in rec:
             head.append(f'<span class="badge pair">pair \u00b7 margin {escape(_num(rec.get("margin")))}</span>')
+        if rec.get("hard_negative"):
+            head.append(f'<span class="badge hard">hard negative: {self.m(rec["hard_negative"])}</span>')
         if "skip" in rec:
             margin = f"{SEP}margin {escape(_num(rec['margin']))}" if "margin" in rec else ""
             head.append(f'<span class="badge skipped">skipped: {self.m(rec["skip"])}{margin}</span>')
@@ -112,6 +117,8 @@ class CardRenderer:
             head.append('<span class="badge error">error</span>')
         body = [f'<section class="unit" data-o="{" ".join(tags)}" data-t="{escape(atype or "")}">',
                 f'<header>{"".join(head)}</header>']
+        if corrupted is not None:
+            body.append(self.beside(thumb, corrupted, rec.get("corrupt")))
         if rec.get("question"):
             body.append(f'<p class="question"><span class="lbl">Q</span> {self.t(rec["question"])}</p>')
         if unit.predictions:
@@ -124,16 +131,30 @@ class CardRenderer:
         body.append("</section>")
         return "".join(body)
 
+    def beside(self, real: Thumb | None, corrupted: Thumb, spec) -> str:
+        """The real image and the corrupted copy a unit's corrupted-image answers were sampled on."""
+        what = SEP.join(f"{k} {_num(spec[k])}" for k in ("kind", "strength", "seed") if k in spec) \
+            if isinstance(spec, dict) else ""
+        figs = []
+        for t, caption in ((real, "real image"), (corrupted, f"corrupted: {what}")):
+            img = (f'<img src="{t.url}" alt="{escape(caption)}">' if t is not None and t.url
+                   else f'<div class="noimg">{self.m(t.error if t is not None else "no image")}</div>')
+            figs.append(f"<figure>{img}<figcaption>{escape(caption)}</figcaption></figure>")
+        return f'<div class="beside">{"".join(figs)}</div>'
+
     def answers(self, rec: dict) -> str:
-        """Each sampled answer with its seed; the chosen and the rejected one marked."""
-        raw = rec.get("answers")
-        items = []  # (text, seed)
-        if isinstance(raw, list):
-            for a in raw:
-                items.append((a.get("text"), a.get("seed")) if isinstance(a, dict) else (a, None))
+        """Each sampled answer with its seed, then those on the corrupted image; the chosen and
+        the rejected one marked (a hard negative's judge numbers them in that order too)."""
+        items = []  # (text, seed, on the corrupted image)
+        for key in ("answers", "corrupt_answers"):
+            raw = rec.get(key)
+            if isinstance(raw, list):
+                for a in raw:
+                    text, seed = (a.get("text"), a.get("seed")) if isinstance(a, dict) else (a, None)
+                    items.append((text, seed, key == "corrupt_answers"))
         has_pair = "chosen" in rec and "rejected" in rec
         if not items and has_pair:
-            items = [(rec["chosen"], None), (rec["rejected"], None)]
+            items = [(rec["chosen"], None, False), (rec["rejected"], None, False)]
         if not items:
             return ""
         marks = [""] * len(items)
@@ -149,9 +170,9 @@ class CardRenderer:
                 marks[r] = "rejected"
         means = self._mean_scores(judge, len(items))
         out = ['<ol class="answers">']
-        for i, ((text, seed), mark) in enumerate(zip(items, marks)):
+        for i, ((text, seed, bad), mark) in enumerate(zip(items, marks)):
             bits = [f'<span class="mark {mark}">{CHOSEN if mark == "chosen" else REJECTED}</span>' if mark else ""]
-            bits.append(f'<span class="aid">answer {i + 1}</span>')
+            bits.append(f'<span class="aid">answer {i + 1}{" on the corrupted image" if bad else ""}</span>')
             if seed is not None:
                 bits.append(f'<span class="seed">seed {escape(_num(seed))}</span>')
             if i in means:

@@ -29,7 +29,7 @@ class Thumb:
 class Thumbnailer:
     def __init__(self, side: int = THUMB_SIDE, quality: int = JPEG_QUALITY):
         self.side, self.quality = side, quality
-        self._done: dict[Path, Thumb] = {}
+        self._done: dict = {}  # path, or (path, corruption) -> Thumb
         self.failed = 0
 
     def __call__(self, path: Path) -> Thumb:
@@ -38,16 +38,30 @@ class Thumbnailer:
             self.failed += self._done[path].error is not None
         return self._done[path]
 
+    def corrupted(self, path: Path, corruption) -> Thumb:
+        """The image as ``corruption`` (stmed.corrupt) showed it to the model, rebuilt from its record:
+        corrupted after decoding, as stmed answer did."""
+        key = (path, corruption)
+        if key not in self._done:
+            got = self._decode(path)
+            self._done[key] = got if isinstance(got, Thumb) else Thumb(
+                self._encode(corruption.apply(got[0])), tuple(got[1].size), got[1].format)
+        return self._done[key]
+
     def _make(self, path: Path) -> Thumb:
+        got = self._decode(path)
+        return got if isinstance(got, Thumb) else Thumb(self._encode(got[0]), tuple(got[1].size), got[1].format)
+
+    def _decode(self, path: Path):
+        """(RGB image, its ImageInfo), or a Thumb saying why not."""
         from stmed.images import load_image
 
         try:
-            img, info = load_image(path)
+            return load_image(path)
         except ImageError as e:
             message = str(e)
             prefix = f"{path}: "
             return Thumb(error=message[len(prefix):] if message.startswith(prefix) else "cannot read the image")
-        return Thumb(self._encode(img), tuple(info.size), info.format)
 
     def _encode(self, img) -> str:
         from PIL import ImageChops
