@@ -90,17 +90,26 @@ def report(
     summaries: Annotated[list[Path], typer.Argument(help="Summary JSON files from stmed eval --summary.")],
     markdown: Annotated[Optional[str], typer.Option(help="Write a markdown table here (- for stdout).")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="Draw the headline numbers as a grouped bar chart (PNG; needs matplotlib).")] = None,
+    json_out: Annotated[Optional[str], typer.Option("--json", help="Write the runs' headline metrics and every paired test (p-values) as JSON here (- for stdout).")] = None,
+    resamples: Annotated[int, typer.Option(min=100, help="Paired bootstrap resamples for the significance tests.")] = 1000,
+    seed: Annotated[int, typer.Option(help="Seed of the paired bootstrap.")] = 0,
 ) -> int:
-    """Several eval runs side by side: runs as columns, headline metrics with 95% CIs as rows."""
+    """Several eval runs side by side: runs as columns, headline metrics with 95% CIs as rows;
+    a difference from the first run on the same benchmark that is significant is marked."""
     from stmed.evaluation import report as rep
+    from stmed.evaluation.significance import compare_all
     from stmed.progress import err_console
 
     loaded = [rep.load_summary(p) for p in summaries]
     if plot is not None:
         rep.plot(loaded, plot)  # first: a missing matplotlib stops before anything is written
-    err_console.print(rep.compare_table(loaded))
-    if markdown == "-":
-        print(rep.markdown(loaded), end="")
-    elif markdown is not None:
-        Path(markdown).write_text(rep.markdown(loaded), encoding="utf-8")
+    tests, notes = compare_all(loaded, resamples=resamples, seed=seed)
+    err_console.print(rep.compare_table(loaded, tests, notes))
+    outputs = [(markdown, lambda: rep.markdown(loaded, tests, notes)),
+               (json_out, lambda: rep.json_report(loaded, tests, notes, resamples=resamples, seed=seed))]
+    for target, text in outputs:
+        if target == "-":
+            print(text(), end="")
+        elif target is not None:
+            Path(target).write_text(text(), encoding="utf-8")
     return 0

@@ -188,6 +188,10 @@ class Metric:
     rule: str  # how it was computed, copied into every summary
     higher_is_better: bool = True
     headline: bool = False
+    # how `stmed report` tests a difference between two runs on the same items (see
+    # significance.py): "bootstrap" for graded scores, "mcnemar" for hits; such a metric's
+    # per-item scores are kept in the summary
+    paired_test: str | None = None
 
 
 METRICS: dict[str, Metric] = {}
@@ -201,12 +205,12 @@ def register(metric: Metric) -> Metric:
 
 _NORM = "LLaVA-Med v1.0 normalisation"
 for _m in (
-    Metric("open_recall", "recall", "OPEN", f"mean bag-of-words recall of the answer's words, {_NORM} (the papers' open)", headline=True),
-    Metric("closed_accuracy", "closed_hit", "CLOSED", f"hit when the prediction contains 'yes' or 'no' and the answer as substrings, {_NORM} (the papers' closed)", headline=True),
-    Metric("open_f1", "f1", "OPEN", f"mean bag-of-words F1, {_NORM}", headline=True),
+    Metric("open_recall", "recall", "OPEN", f"mean bag-of-words recall of the answer's words, {_NORM} (the papers' open)", headline=True, paired_test="bootstrap"),
+    Metric("closed_accuracy", "closed_hit", "CLOSED", f"hit when the prediction contains 'yes' or 'no' and the answer as substrings, {_NORM} (the papers' closed)", headline=True, paired_test="mcnemar"),
+    Metric("open_f1", "f1", "OPEN", f"mean bag-of-words F1, {_NORM}", headline=True, paired_test="bootstrap"),
     Metric("open_precision", "precision", "OPEN", f"mean bag-of-words precision, {_NORM}"),
     Metric("open_exact", "exact", "OPEN", f"normalised prediction equals normalised answer, {_NORM}"),
-    Metric("closed_strict", "closed_strict", "CLOSED", "yes/no answers: exactly one of the words yes/no said and it is the answer; other answers: exact match", headline=True),
+    Metric("closed_strict", "closed_strict", "CLOSED", "yes/no answers: exactly one of the words yes/no said and it is the answer; other answers: exact match", headline=True, paired_test="mcnemar"),
     Metric("closed_accuracy_as_shipped", "closed_as_shipped", "CLOSED", "LLaVA-Med's released run_eval.py: as closed_accuracy, but wrong answers that say yes/no leave the denominator (inflated; for reproducing its numbers only)"),
     Metric("closed_exact", "exact", "CLOSED", f"normalised prediction equals normalised answer, {_NORM}"),
     *(Metric(f"open_bleu{k}", f"bleu{k}", "OPEN", f"sentence BLEU-{k} (uniform weights 1..{k}, no smoothing), {_NORM}") for k in (1, 2, 3, 4)),
@@ -286,6 +290,32 @@ def aggregate(items: list[dict], *, resamples: int = 1000, seed: int = 0) -> dic
                       "within each answer type, shared by that type's metrics"},
         "rules_version": RULES_VERSION,
     }
+
+
+def per_item(items: list[dict]) -> dict:
+    """The per-item scores of every metric with a paired test, one column per metric beside the
+    item ids, by answer type: {"open": {"ids": [...], "open_recall": [...]}, "closed": {...}}.
+
+    This is what lets ``stmed report`` pair two runs item by item; 0/1 are written as ints and
+    graded scores to 6 decimals, so a PathVQA summary grows by a few hundred kB at most.
+    """
+    out = {}
+    for kind in ("OPEN", "CLOSED"):
+        group = [it for it in items if str(it["answer_type"]).upper() == kind]
+        if not group:
+            continue
+        col: dict[str, list] = {"ids": [str(it["id"]) for it in group]}
+        for m in METRICS.values():
+            if m.answer_type == kind and m.paired_test:
+                col[m.name] = [_compact(it["scores"].get(m.item_key)) for it in group]
+        out[kind.lower()] = col
+    return out
+
+
+def _compact(v: float | None) -> float | int | None:
+    if v is None:
+        return None
+    return int(v) if v in (0.0, 1.0) else round(v, 6)
 
 
 def _pct(values: list[float]) -> float | None:

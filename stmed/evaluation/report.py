@@ -1,7 +1,8 @@
 """Summaries to people: the table after one run, and several runs side by side (``stmed report``).
 
 Runs are columns and headline metrics are rows, as in the papers' tables; each cell holds the
-value (x100) and its bootstrap 95% CI. Plotting needs matplotlib, which is optional.
+value (x100) and its bootstrap 95% CI, and a mark where it differs significantly from the first
+run on the same benchmark (significance.py). Plotting needs matplotlib, which is optional.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ from pathlib import Path
 
 from stmed.errors import InputError
 from stmed.evaluation.metrics import METRICS
+from stmed.evaluation.significance import ALPHA
 
 HEADLINE = [m.name for m in METRICS.values() if m.headline]
+MARK = "*"
 LABELS = {
     "open_recall": "open (recall)",
     "closed_accuracy": "closed (accuracy)",
@@ -62,6 +65,25 @@ def _summary_problem(data: dict) -> str | None:
         ci = entry.get("ci95")
         if ci is not None and not (isinstance(ci, list) and len(ci) == 2 and all(map(_number, ci))):
             return f"'metrics.{name}.ci95' must be two numbers"
+    return _per_item_problem(data.get("per_item"))
+
+
+def _per_item_problem(per_item) -> str | None:
+    if per_item is None:
+        return None  # an older summary: shown, but not tested
+    if not isinstance(per_item, dict):
+        return "'per_item' must be an object"
+    for kind, col in per_item.items():
+        if not isinstance(col, dict) or not isinstance(col.get("ids"), list):
+            return f"'per_item.{kind}' must be an object with a list of 'ids'"
+        if not all(isinstance(i, str) for i in col["ids"]):
+            return f"'per_item.{kind}.ids' must be strings"
+        for name, values in col.items():
+            if name == "ids":
+                continue
+            if not (isinstance(values, list) and len(values) == len(col["ids"])
+                    and all(v is None or _number(v) for v in values)):
+                return f"'per_item.{kind}.{name}' must be one number (or null) per id"
     return None
 
 
@@ -81,14 +103,27 @@ def _bench(summary: dict) -> str:
     return f"{name} ({b['lang']})" if b.get("lang") not in (None, "en") else name
 
 
-def rows(summaries: list[dict], metrics: list[str] = HEADLINE) -> list[tuple[str, str, list[str]]]:
-    """(benchmark, metric label, one cell per run) for every benchmark the runs cover."""
+def rows(summaries: list[dict], metrics: list[str] = HEADLINE,
+         tests: list[dict] = ()) -> list[tuple[str, str, list[str]]]:
+    """(benchmark, metric label, one cell per run) for every benchmark the runs cover; a cell
+    whose difference from its baseline is significant ends in MARK."""
+    marked = {(t["column"], t["metric"]) for t in tests if t["significant"]}
     out = []
     for bench in dict.fromkeys(_bench(s) for s in summaries):
         for m in metrics:
-            cells = [cell(s["metrics"].get(m)) if _bench(s) == bench else "" for s in summaries]
+            cells = [(cell(s["metrics"].get(m)) + (f" {MARK}" if (i, m) in marked else "")) if _bench(s) == bench else ""
+                     for i, s in enumerate(summaries)]
             out.append((bench, LABELS.get(m, m), cells))
     return out
+
+
+def legend(tests: list[dict], notes: list[str]) -> list[str]:
+    """The lines under a comparison table: what the mark means, and what could not be compared."""
+    lines = []
+    if tests:
+        lines.append(f"{MARK} differs from the first run on the same benchmark at p < {ALPHA} (paired over the "
+                     "items both runs scored: bootstrap on open scores, McNemar exact on closed; uncorrected)")
+    return lines + notes
 
 
 def run_table(summary: dict):
@@ -111,7 +146,7 @@ def run_table(summary: dict):
     return table
 
 
-def compare_table(summaries: list[dict]):
+def compare_table(summaries: list[dict], tests: list[dict] = (), notes: list[str] = ()):
     from rich.table import Table
 
     table = Table(title="stmed report (x100, bootstrap 95% CI)", title_justify="left")
@@ -119,20 +154,34 @@ def compare_table(summaries: list[dict]):
     table.add_column("metric")
     for s in summaries:
         table.add_column(str(s["name"]), justify="right")
-    for bench, label, cells in rows(summaries):
+    for bench, label, cells in rows(summaries, tests=tests):
         table.add_row(bench, label, *cells)
+    lines = legend(tests, notes)
+    if lines:
+        table.caption = "\n".join(lines)
+        table.caption_justify = "left"
     return table
 
 
-def markdown(summaries: list[dict]) -> str:
+def markdown(summaries: list[dict], tests: list[dict] = (), notes: list[str] = ()) -> str:
     head = ["benchmark", "metric", *[str(s["name"]) for s in summaries]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for bench, label, cells in rows(summaries):
+    for bench, label, cells in rows(summaries, tests=tests):
         lines.append("| " + " | ".join([bench, label, *cells]) + " |")
     lines.append("")
     lines.append("Values x100 with bootstrap 95% CIs. Open = mean token recall and closed = yes/no "
                  "substring accuracy, both with LLaVA-Med v1.0 normalisation; open F1 and strict closed "
                  "accuracy penalise long, hedging answers.")
+    for line in legend(tests, notes):
+        lines += ["", line]
+    if tests:
+        lines += ["", "| benchmark | metric | run | baseline | items | difference [95% CI] | p | test |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for t in tests:
+            lines.append(f"| {t['benchmark']} | {LABELS.get(t['metric'], t['metric'])} | {t['run']} | {t['baseline']} "
+                         f"| {t['n']} | {t['diff']:+.2f} [{t['ci95'][0]:+.1f}, {t['ci95'][1]:+.1f}] "
+                         f"| {_p(t['p'])}{' ' + MARK if t['significant'] else ''} | {t['test']} |")
+        lines.append("")
     for s in summaries:
         b = s.get("benchmark", {})
         run = s.get("run", {})
@@ -141,6 +190,21 @@ def markdown(summaries: list[dict]) -> str:
                      f"{run.get('prompt', {}).get('name', '-')}, stmed {s.get('stmed_version', '?')}"
                      + ("" if s.get("complete", True) else " (incomplete run)"))
     return "\n".join(lines) + "\n"
+
+
+def _p(p: float) -> str:
+    return f"{p:.2g}" if p < 0.001 else f"{p:.3f}"
+
+
+def json_report(summaries: list[dict], tests: list[dict], notes: list[str], *, resamples: int, seed: int) -> str:
+    """The machine-readable report: each run's headline metrics, every paired test with its p-value, the notes."""
+    runs = [{"name": s["name"], "benchmark": s.get("benchmark", {}).get("bench"),
+             "split": s.get("benchmark", {}).get("split"), "lang": s.get("benchmark", {}).get("lang"),
+             "metrics": {m: s["metrics"].get(m) for m in HEADLINE if s["metrics"].get(m)}} for s in summaries]
+    out = {"runs": runs, "comparisons": tests, "notes": notes,
+           "significance": {"alpha": ALPHA, "bootstrap_resamples": resamples, "seed": seed,
+                            "baseline": "the first run on the same benchmark, split and language"}}
+    return json.dumps(out, indent=1, ensure_ascii=False) + "\n"
 
 
 def plot(summaries: list[dict], path: str | Path) -> None:

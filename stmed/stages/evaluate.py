@@ -16,7 +16,7 @@ from pathlib import Path
 
 from stmed import __version__
 from stmed.errors import InputError, did_you_mean
-from stmed.evaluation.metrics import aggregate, score_item
+from stmed.evaluation.metrics import aggregate, per_item, score_item
 from stmed.options import MAX_PIXELS_HELP, opt
 from stmed.records import Record, read_records
 from stmed.stages.runner import Files, Outcome, run_stage
@@ -209,6 +209,7 @@ def summarize(items: list[dict], data, *, name: str, run_info: dict, cfg: EvalCo
         "selected": selected,
         "failed": failed,
         **result,
+        "per_item": per_item(items),  # last: long, and only `stmed report`'s paired tests read it
     }
 
 
