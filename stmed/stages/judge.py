@@ -111,7 +111,8 @@ class JudgeConfig:
         """The settings recorded in every output and in _meta (no secrets: the key is never here)."""
         if not self.asks:
             return {"hard_negative": self.hard_negative, "confirm": False}
-        return {**({"hard_negative": self.hard_negative} if self.hard_negative else {}),"model": self.judge_model, "prompt_version": self.prompt.version, "policy": self.policy,
+        return {**({"hard_negative": self.hard_negative} if self.hard_negative else {}),
+                "model": self.judge_model, "prompt_version": self.prompt.version, "policy": self.policy,
                 "min_margin": self.min_margin, "temperature": self.temperature, "backend": self.backend,
                 **({"engine": self.engine} if self.local_model and self.engine != "hf" else {})}
 
