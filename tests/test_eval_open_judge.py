@@ -152,3 +152,37 @@ def test_summarize_keeps_only_this_judges_scores():
 ])
 def test_parse_verdict(text, verdict):
     assert parse_verdict(text) == verdict
+
+
+def test_generated_answers_judged_and_a_resumed_run_keeps_or_redoes_scores(tmp_path):
+    """Generation through --engine openai, then the same output resumed: a recorded judge score is
+    kept (no request); a different judge model grades the resumed lines in the summary."""
+    from conftest import BENCH_DATA
+
+    rad = BENCH_DATA / "vqa_rad" / "VQA_RAD Dataset Public.json"
+    out, summary = tmp_path / "items.jsonl", tmp_path / "summary.json"
+
+    def ev(judge: str):
+        return run_stmed("eval", "--engine", "openai", "--base-url", srv.base_url, "-m", "served", "--bench", "vqa-rad",
+                         "--data", rad, "--limit", "12", "-o", out, "--summary", summary, "--bootstrap", "0",
+                         "--open-judge", judge, "--open-judge-base-url", srv.base_url, "--cache", tmp_path / "c.sqlite",
+                         env={"STMED_HOME": str(tmp_path / "home")})
+
+    with serve(reply=lambda p: "1" if "[Candidate answer]" in p else None) as srv:
+        assert (proc := ev("judge-a")).returncode == 0, proc.stderr
+        items = [json.loads(line) for line in out.read_text().splitlines()]
+        n_open = sum(it["answer_type"] == "OPEN" for it in items)
+        assert 0 < n_open < 12 and srv.stats.chat == 12 + n_open, "12 answers, then one judge request per open item"
+        assert all(("open_judge" in it["scores"]) == (it["answer_type"] == "OPEN") for it in items)
+        first = json.loads(summary.read_text())
+        assert first["metrics"]["open_judge"] == {**first["metrics"]["open_judge"], "value": 100.0, "n": n_open}
+
+        assert (proc := ev("judge-a")).returncode == 0, proc.stderr
+        assert srv.stats.chat == 12 + n_open, "resumed: every line is done and its judge score is kept"
+        assert json.loads(summary.read_text())["metrics"]["open_judge"]["n"] == n_open
+
+        assert (proc := ev("judge-b")).returncode == 0, proc.stderr
+        assert srv.stats.chat == 12 + 2 * n_open, "another judge grades the resumed open lines once"
+        s = json.loads(summary.read_text())
+        assert s["open_judge"]["model"] == "judge-b" and s["open_judge"]["requests"] == n_open
+        assert s["metrics"]["open_judge"]["n"] == n_open
