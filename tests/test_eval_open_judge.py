@@ -117,8 +117,8 @@ def test_a_missing_key_is_one_line_before_any_work(tmp_path, bench):
                      "--open-judge", "gpt-4o", "--open-judge-api-key-env", "STMED_TEST_NO_SUCH_KEY",
                      env={"STMED_HOME": str(tmp_path / "home")})
     assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.strip().splitlines() == ["stmed: error: no API key: set STMED_TEST_NO_SUCH_KEY "
-                                                "(or name another variable with --api-key-env)"]
+    assert proc.stderr.strip().splitlines() == ["stmed: error: --open-judge: no API key: set STMED_TEST_NO_SUCH_KEY "
+                                                "(or name another variable with --open-judge-api-key-env)"]
     assert not (tmp_path / "items.jsonl").exists()
 
 
@@ -186,3 +186,12 @@ def test_generated_answers_judged_and_a_resumed_run_keeps_or_redoes_scores(tmp_p
         s = json.loads(summary.read_text())
         assert s["open_judge"]["model"] == "judge-b" and s["open_judge"]["requests"] == n_open
         assert s["metrics"]["open_judge"]["n"] == n_open
+
+
+def test_a_refused_key_stops_with_one_line_and_never_shows_the_key(tmp_path, bench):
+    key = "sk-wrong-key-7f3e9a1c5d2b"
+    with serve(reply=_reply(REPLIES), expect_key="sk-the-right-one-0000") as srv:
+        proc = _eval(tmp_path, srv, bench, env={"OPENAI_API_KEY": key})
+    assert proc.returncode == 2, proc.stderr
+    assert "refused the request (HTTP 401)" in proc.stderr.strip().splitlines()[-1]
+    assert key not in proc.stderr and key[3:-4] not in proc.stderr

@@ -67,10 +67,15 @@ def _open_judge(cfg: OpenJudgeConfig):
     if not cfg.enabled:
         return None
     from stmed.backends.openai_client import api_key_from_env
+    from stmed.errors import InputError
     from stmed.evaluation.open_judge import OpenJudge, open_cache
     from stmed.judge.cost import load_prices
 
-    api_key_from_env(cfg.api_key_env, cfg.base_url)
+    try:
+        api_key_from_env(cfg.api_key_env, cfg.base_url)
+    except InputError:
+        raise InputError(f"--open-judge: no API key: set {cfg.api_key_env} (or name another variable with "
+                         "--open-judge-api-key-env)") from None
     prices = load_prices(cfg.prices, cfg.price, cfg.model)
     return OpenJudge(cfg, cache=open_cache(cfg), prices=prices)
 
