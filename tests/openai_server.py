@@ -8,6 +8,7 @@ real ``openai`` SDK talks to it over real sockets. Replies are deterministic fro
   ``position_bias`` adds points to whichever answer is shown first; JSON when asked for
 - any other prompt gets a short answer built from the question, the seed and the choice index,
   so ``n`` > 1 and ``seed`` behave like a sampling server
+- ``reply=fn`` scripts the text: ``fn(prompt text)`` returns the reply, or None for the above
 
 Faults are injected by rate (``faults={"429": 0.05, ...}``, drawn from a seeded RNG): 429 with
 Retry-After, 500, 503, slow replies (sleep ``slow_seconds``), dropped connections, invalid JSON
@@ -69,9 +70,10 @@ def image_urls(body: dict) -> list[str]:
             for p in m["content"] if p.get("type") == "image_url"]
 
 
-def completion(body: dict, position_bias: int = 0, garbage: bool = False) -> dict:
+def completion(body: dict, position_bias: int = 0, garbage: bool = False, reply=None) -> dict:
     """The deterministic reply to a chat-completions body."""
     text = prompt_text(body)
+    scripted = reply(text) if reply is not None else None
     n = int(body.get("n") or 1)
     scores = judge_scores(text, position_bias)
     json_mode = (body.get("response_format") or {}).get("type") in ("json_object", "json_schema")
@@ -79,6 +81,8 @@ def completion(body: dict, position_bias: int = 0, garbage: bool = False) -> dic
     for k in range(n):
         if garbage:
             contents.append("I am unable to compare these answers.")
+        elif scripted is not None:
+            contents.append(scripted)
         elif scores is not None and json_mode:
             contents.append(json.dumps({"score_1": scores[0], "score_2": scores[1], "reason": "Longer answer."}))
         elif scores is not None:
@@ -111,11 +115,12 @@ class Server(ThreadingHTTPServer):
     request_queue_size = 256  # the default backlog of 5 resets bursts of new connections
 
     def __init__(self, port=0, *, delay=0.0, faults=None, seed=0, retry_after="0", slow_seconds=2.0,
-                 position_bias=0, batch_polls=2, script=(), expect_key=None):
+                 position_bias=0, batch_polls=2, script=(), expect_key=None, reply=None):
         super().__init__(("127.0.0.1", port), Handler)
         self.delay, self.faults, self.retry_after = delay, dict(faults or {}), retry_after
         self.slow_seconds, self.position_bias, self.batch_polls = slow_seconds, position_bias, batch_polls
         self.script = list(script)  # faults for the first requests, in order (None: no fault), then the rates
+        self.reply = reply  # fn(prompt text) -> reply text, or None for the built-in replies
         self.expect_key = expect_key  # when set, any other key gets OpenAI's 401, which echoes it masked
         self.rng = random.Random(seed)
         self.lock = threading.RLock()  # run_batch makes files while holding it
@@ -287,7 +292,7 @@ class Handler(BaseHTTPRequestHandler):
             parsed = json.loads(body)
             with srv.lock:
                 s.images += image_urls(parsed)
-            self._send(200, completion(parsed, srv.position_bias, garbage=fault == "garbage"))
+            self._send(200, completion(parsed, srv.position_bias, garbage=fault == "garbage", reply=srv.reply))
         except (BrokenPipeError, ConnectionResetError, OSError):
             status = -1  # the client gave up on a slow reply
         finally:

@@ -11,6 +11,7 @@ import typer
 from stmed.cli import common as c
 from stmed.cli.app import app
 from stmed.core.model import ModelSpec
+from stmed.evaluation.open_judge import OpenJudgeConfig
 from stmed.options import options
 from stmed.registry import EngineOptions
 from stmed.stages.evaluate import EvalConfig
@@ -22,9 +23,9 @@ Data = Annotated[Optional[str], typer.Option("--data", help="Benchmark file or f
 
 @app.command("eval")
 @c.command
-@options(EvalConfig, ModelSpec, EngineOptions, Files)
+@options(EvalConfig, ModelSpec, EngineOptions, Files, OpenJudgeConfig)
 def eval_(
-    bench: Bench, cfg: EvalConfig, spec: ModelSpec, engine_opts: EngineOptions, files: Files,
+    bench: Bench, cfg: EvalConfig, spec: ModelSpec, engine_opts: EngineOptions, files: Files, judge_cfg: OpenJudgeConfig,
     data: Data = None,
     model: Annotated[Optional[str], typer.Option("-m", "--model", help="Model to generate with (or use --predictions).")] = None,
     predictions: Annotated[Optional[str], typer.Option(help="Score this answer file instead (stmed items or LLaVA-Med {question_id, text}).")] = None,
@@ -44,16 +45,39 @@ def eval_(
 
     if (model is None) == (predictions is None):
         c.fail("pass either -m MODEL (generate answers) or --predictions FILE (score an answer file)")
+    judge = _open_judge(judge_cfg)  # a missing API key stops here, before any work
     bench_data = benchmarks.load_benchmark(bench, data, fmt=format, split=split, lang=lang, image_root=cfg.image_root)
     items = select(bench_data.items, limit=limit)
     _announce(bench_data, len(items), files.quiet or not world().main)
-    code, result = evaluate(cfg, bench_data, items, files, predictions=predictions, name=name,
-                            engine=None if model is None else lambda: open_engine(engine_opts, replace(spec, model=model)))
+    try:
+        code, result = evaluate(cfg, bench_data, items, files, predictions=predictions, name=name, judge=judge,
+                                engine=None if model is None else lambda: open_engine(engine_opts, replace(spec, model=model)))
+    finally:
+        if judge is not None:
+            judge.close()
     if result is not None:
         if limit is not None:
             result["run"]["limit"] = limit
         _finish(result, summary, files.quiet)
     return code
+
+
+def _open_judge(cfg: OpenJudgeConfig):
+    """The open-answer judge --open-judge asks for (None without it), its key and prices checked."""
+    if not cfg.enabled:
+        return None
+    from stmed.backends.openai_client import api_key_from_env
+    from stmed.errors import InputError
+    from stmed.evaluation.open_judge import OpenJudge, open_cache
+    from stmed.judge.cost import load_prices
+
+    try:
+        api_key_from_env(cfg.api_key_env, cfg.base_url)
+    except InputError:
+        raise InputError(f"--open-judge: no API key: set {cfg.api_key_env} (or name another variable with "
+                         "--open-judge-api-key-env)") from None
+    prices = load_prices(cfg.prices, cfg.price, cfg.model)
+    return OpenJudge(cfg, cache=open_cache(cfg), prices=prices)
 
 
 def _announce(bench_data, selected: int, quiet: bool) -> None:
@@ -73,6 +97,8 @@ def _announce(bench_data, selected: int, quiet: bool) -> None:
 
 
 def _finish(result: dict, summary: Path | None, quiet: bool) -> None:
+    import sys
+
     from stmed.evaluation.report import run_table
     from stmed.progress import err_console
     from stmed.records import write_json
@@ -82,6 +108,10 @@ def _finish(result: dict, summary: Path | None, quiet: bool) -> None:
         write_json(summary, result)
     if not quiet:
         err_console.print(run_table(result))
+        if "open_judge" in result:
+            from stmed.evaluation.open_judge import summary_line
+
+            print(summary_line(result["open_judge"]), file=sys.stderr)
 
 
 @app.command("report")

@@ -192,6 +192,7 @@ class Metric:
     # significance.py): "bootstrap" for graded scores, "mcnemar" for hits; such a metric's
     # per-item scores are kept in the summary
     paired_test: str | None = None
+    optional: bool = False  # only some runs score it (a judge): left out of a summary where no item has it
 
 
 METRICS: dict[str, Metric] = {}
@@ -214,6 +215,9 @@ for _m in (
     Metric("closed_accuracy_as_shipped", "closed_as_shipped", "CLOSED", "LLaVA-Med's released run_eval.py: as closed_accuracy, but wrong answers that say yes/no leave the denominator (inflated; for reproducing its numbers only)"),
     Metric("closed_exact", "exact", "CLOSED", f"normalised prediction equals normalised answer, {_NORM}"),
     *(Metric(f"open_bleu{k}", f"bleu{k}", "OPEN", f"sentence BLEU-{k} (uniform weights 1..{k}, no smoothing), {_NORM}") for k in (1, 2, 3, 4)),
+    # stmed eval --open-judge: the judge model and prompt version are in the summary's "open_judge"
+    Metric("open_judge", "open_judge", "OPEN", "share of open answers a judge model graded as meaning the reference "
+           "answer (text only; not the papers' metric); items the judge failed on are left out", optional=True),
 ):
     register(_m)
 
@@ -276,6 +280,8 @@ def aggregate(items: list[dict], *, resamples: int = 1000, seed: int = 0) -> dic
                if resamples and scores else [None] * len(mine))
         for m, ci in zip(mine, cis):
             values = [s[m.item_key] for s in scores if s.get(m.item_key) is not None]
+            if m.optional and not values:
+                continue
             entry = {"value": _pct(values), "n": len(values), "rule": m.rule, "higher_is_better": m.higher_is_better}
             if ci is not None and values:
                 entry["ci95"] = [round(ci[0] * 100, 4), round(ci[1] * 100, 4)]

@@ -21,6 +21,7 @@ LABELS = {
     "closed_accuracy": "closed (accuracy)",
     "open_f1": "open F1",
     "closed_strict": "closed strict",
+    "open_judge": "open (judge)",
 }
 
 
