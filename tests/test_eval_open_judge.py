@@ -83,6 +83,8 @@ def test_open_judge_scores_open_items_and_a_rerun_pays_nothing(tmp_path, bench):
         assert s2["metrics"]["open_judge"] == m and items2["o3"]["scores"] == items["o3"]["scores"]
         j2 = s2["open_judge"]
         assert (j2["requests"], j2["cache_hits"], j2["cost_usd"]) == (0, 3, 0.0)
+    r = run_stmed("report", tmp_path / "summary.json", "--markdown", "-")
+    assert r.returncode == 0 and f"| open (judge) | {m['value']:.2f}" in r.stdout, r.stdout
 
 
 def test_no_verdict_is_asked_again_then_counted_not_fatal(tmp_path, bench):

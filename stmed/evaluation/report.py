@@ -104,10 +104,14 @@ def _bench(summary: dict) -> str:
     return f"{name} ({b['lang']})" if b.get("lang") not in (None, "en") else name
 
 
-def rows(summaries: list[dict], metrics: list[str] = HEADLINE,
+def rows(summaries: list[dict], metrics: list[str] | None = None,
          tests: list[dict] = ()) -> list[tuple[str, str, list[str]]]:
-    """(benchmark, metric label, one cell per run) for every benchmark the runs cover; a cell
-    whose difference from its baseline is significant ends in MARK."""
+    """(benchmark, metric label, one cell per run) for every benchmark the runs cover: the
+    headline metrics, and an optional one (the open judge) where some run has it; a cell whose
+    difference from its baseline is significant ends in MARK."""
+    if metrics is None:
+        metrics = HEADLINE + [m.name for m in METRICS.values()
+                              if m.optional and any(m.name in s["metrics"] for s in summaries)]
     marked = {(t["column"], t["metric"]) for t in tests if t["significant"]}
     out = []
     for bench in dict.fromkeys(_bench(s) for s in summaries):
