@@ -4,8 +4,8 @@ image-conditional term. The paper's method (every weight 1, no image term) stays
 - Weighted pairs (``--weight margin|FIELD``): each pair's loss is scaled by a number from its
   record (the judge's margin, or any field a user adds, such as MMedPO's clinical relevance),
   normalised to mean 1 over the training pairs so the learning rate keeps its meaning. The weight
-  reaches trl's own loss code, for every loss type, through trl's per-pair weighting (WPO's
-  ``use_weighting``): see ``wpo_slot``.
+  reaches trl's own loss code, for every loss type but the batch-wise aot ones, through trl's
+  per-pair weighting (WPO's ``use_weighting``): see ``wpo_slot``.
 - Image-conditional preference (``--image-pref W``, mDPO, Wang et al. 2024): besides the usual
   term, W x -log sigmoid(beta x ((log pi - log ref)(chosen | image) - (log pi - log ref)(chosen |
   corrupted image))), so the chosen answer must become likelier given the real image than given a
