@@ -12,7 +12,15 @@ instance per class, in place of its parameter annotated with that class:
 
 ``parse`` turns the flag's value into the field's (``--seeds 40,42`` into ``(40, 42)``, a prompt
 file into a Prompt); ``flag_default`` is what the flag shows when the field's own default is not
-a flag value (a built-in prompt: no file). Pure Python: ``stmed --help`` imports it.
+a flag value (a built-in prompt: no file). ``like`` declares a field again with another default
+(a subclass's own value for a flag its base declares). A path shows as FILE (or the ``metavar``
+given: DIR) in ``--help``. ``was`` keeps an old spelling of a flag working for one release, with
+a note on stderr.
+
+Every such command also takes ``--config FILE.yaml``: keys are option names (``learning_rate``,
+``learning-rate`` or the flag's own ``lr``), values as on the command line. The precedence is
+defaults < the file < flags given on the command line (click's parameter source tells a flag
+given from a default). Pure Python: ``stmed --help`` imports it.
 """
 
 from __future__ import annotations
@@ -20,9 +28,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import sys
 import types
 import typing
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any, Optional
 
 _KEY = "stmed.option"
@@ -40,13 +50,32 @@ class Option:
     flag_default: Any = _UNSET
     min: float | None = None
     max: float | None = None
+    metavar: str | None = None  # default: FILE for a path, else typer's own
+    was: str | None = None  # the flag's old spelling, still read for one release
+    was_values: tuple[tuple[str, str], ...] = ()  # old values under the old spelling -> new ones
 
 
 def opt(default: Any = dataclasses.MISSING, help: str = "", *, flags: tuple[str, ...] | str = (), factory=None,
         type: Any = None, parse: Callable[[Any], Any] | None = None, flag_default: Any = _UNSET,
-        min: float | None = None, max: float | None = None):
+        min: float | None = None, max: float | None = None, metavar: str | None = None, was: str | None = None,
+        was_values: dict[str, str] | None = None):
     """A dataclass field that is also a command-line option (see the module's docstring)."""
-    option = Option(help, (flags,) if isinstance(flags, str) else tuple(flags), type, parse, flag_default, min, max)
+    option = Option(help, (flags,) if isinstance(flags, str) else tuple(flags), type, parse, flag_default, min, max,
+                    metavar, was, tuple((was_values or {}).items()))
+    return _field(option, default, factory)
+
+
+def like(cls, name: str, default: Any = _UNSET, **changes):
+    """``cls``'s option field ``name`` declared again, with another default and any Option
+    attribute changed (``help=...``): one flag, its help written once, with a second default."""
+    f = cls.__dataclass_fields__[name]
+    option = dataclasses.replace(f.metadata[_KEY], **changes)
+    if default is not _UNSET:
+        return _field(option, default, None)
+    return _field(option, f.default, None if f.default_factory is dataclasses.MISSING else f.default_factory)
+
+
+def _field(option: Option, default, factory):
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata={_KEY: option})
     return dataclasses.field(default=default, metadata={_KEY: option})
@@ -92,18 +121,37 @@ def flag_default(f: dataclasses.Field, option: Option):
 
 
 def parameters(cls) -> list[inspect.Parameter]:
-    """The typer parameters of ``cls``'s option fields."""
-    return [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=flag_default(f, option),
-                              annotation=Annotated[_optional(option.type or tp), _typer_option(option)])
-            for f, option, tp in option_fields(cls)]
+    """The typer parameters of ``cls``'s option fields, and a hidden one for each old spelling."""
+    out = []
+    for f, option, tp in option_fields(cls):
+        tp = _optional(option.type or tp)
+        out.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=flag_default(f, option),
+                                     annotation=Annotated[tp, _typer_option(option, tp)]))
+        if option.was:
+            import typer
+
+            out.append(inspect.Parameter(_was(f.name), inspect.Parameter.KEYWORD_ONLY, default=None,
+                                         annotation=Annotated[Optional[str], typer.Option(option.was, hidden=True)]))
+    return out
 
 
-def _typer_option(option: Option):
+def _was(name: str) -> str:
+    return f"{name}__was"
+
+
+def is_path(tp) -> bool:
+    """A Path, an optional Path or a list of them: a flag that shows as FILE."""
+    args = typing.get_args(tp)
+    return tp is Path or any(is_path(a) for a in args if a is not type(None))
+
+
+def _typer_option(option: Option, tp=None):
     import typer
 
     limits = {k: v for k, v in (("min", option.min), ("max", option.max)) if v is not None}
+    metavar = option.metavar or ("FILE" if is_path(tp) else None)
     # no flags given: typer's own, from the name (--pad-square/--no-pad-square for a switch)
-    return typer.Option(*option.flags, help=option.help, **limits)
+    return typer.Option(*option.flags, help=option.help, metavar=metavar, **limits)
 
 
 def flag_type(cls, name: str, *, default_none: bool = True):
@@ -114,7 +162,7 @@ def flag_type(cls, name: str, *, default_none: bool = True):
             tp = _optional(option.type or tp)
             if default_none and typing.get_origin(tp) is not typing.Union:
                 tp = Optional[tp]
-            return Annotated[tp, _typer_option(option)]
+            return Annotated[tp, _typer_option(option, tp)]
     raise KeyError(f"{cls.__name__} has no option field {name!r}")
 
 
@@ -128,8 +176,13 @@ def build(cls, values: dict[str, Any]):
     return cls(**kwargs)
 
 
+CONFIG_HELP = "YAML file of options (keys: option names); the flags given here override it."
+_CTX = "stmed_context"
+
+
 def options(*classes) -> Callable:
     """Generate a command's options from config classes (see the module's docstring)."""
+    import typer
 
     def decorate(fn):
         sig = inspect.signature(fn)
@@ -137,24 +190,35 @@ def options(*classes) -> Callable:
         slots = {name: hints[name] for name in sig.parameters if hints.get(name) in classes}
         assert len(slots) == len(classes), f"{fn.__name__} needs one parameter annotated with each of {classes}"
         own = [p for name, p in sig.parameters.items() if name not in slots]
-        taken = set(sig.parameters)
+        taken = set(sig.parameters) | {"config"}
         generated = []
         for cls in classes:
             for p in parameters(cls):
                 assert p.name not in taken, f"{fn.__name__}: option {p.name} is declared twice"
                 taken.add(p.name)
                 generated.append(p)
+        renamed = {f.name: o for cls in classes for f, o, _ in option_fields(cls) if o.was}
+        config = inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+            Optional[Path], typer.Option("--config", metavar="FILE", help=CONFIG_HELP)])
+        context = inspect.Parameter(_CTX, inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)
 
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
+            ctx, config_file = kwargs.pop(_CTX), kwargs.pop("config")
+            given = {name for name in kwargs if _given(ctx, name)}
+            for name, option in renamed.items():
+                _old_spelling(ctx, kwargs, name, option, given)
+            if config_file is not None:
+                kwargs.update(config_values(config_file, ctx, given))
             for name, cls in slots.items():
                 names = {f.name for f, _, _ in option_fields(cls)}
                 kwargs[name] = build(cls, {k: kwargs.pop(k) for k in list(kwargs) if k in names})
             return fn(*args, **kwargs)
 
-        params = [p.replace(kind=inspect.Parameter.POSITIONAL_OR_KEYWORD) for p in own + generated]
+        params = [p.replace(kind=inspect.Parameter.POSITIONAL_OR_KEYWORD) for p in own + generated + [config]]
         # parameters without a default first: a Python signature cannot put one after a default
         params.sort(key=lambda p: p.default is not inspect.Parameter.empty)
+        params.insert(0, context.replace(kind=inspect.Parameter.POSITIONAL_OR_KEYWORD))
         wrapper.__signature__ = sig.replace(parameters=[_with_hint(p, hints) for p in params])
         wrapper.__stmed_options__ = classes  # which configs made its flags (tests/test_architecture.py)
         return wrapper
@@ -165,3 +229,95 @@ def options(*classes) -> Callable:
 def _with_hint(p: inspect.Parameter, hints: dict) -> inspect.Parameter:
     """The command's own parameters keep their resolved annotations (typer reads the signature)."""
     return p.replace(annotation=hints[p.name]) if p.name in hints else p
+
+
+def _given(ctx, name: str) -> bool:
+    """Whether the user set ``name`` (on the command line or through the environment), not its default."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT", "PROMPT")
+
+
+def note_renamed(old: str, new: str) -> None:
+    """The one line an old spelling prints while it still works."""
+    print(f"stmed: note: {old} is now {new}; the old spelling goes away in the next release", file=sys.stderr)
+
+
+def _old_spelling(ctx, kwargs: dict, name: str, option: Option, given: set[str]) -> None:
+    """``option.was VALUE`` read as the new flag (its old values mapped), with a note."""
+    value = kwargs.pop(_was(name))
+    if value is None:
+        return
+    new = dict(option.was_values).get(value, value)
+    flag = next((f for f in option.flags if f.startswith("--")), "--" + name.replace("_", "-"))
+    note_renamed(f"{option.was} {value}", f"{flag} {new}")
+    if name not in given:
+        kwargs[name] = _convert(ctx, _params(ctx)[name], new, option.was)
+        given.add(name)
+
+
+def _params(ctx) -> dict:
+    """The options a config file may set: every visible option of the command but --config."""
+    return {p.name: p for p in ctx.command.params
+            if p.param_type_name == "option" and not getattr(p, "hidden", False) and p.name != "config"}
+
+
+def config_values(path: Path, ctx, given: set[str]) -> dict[str, Any]:
+    """What ``--config FILE`` sets: each key's value, converted as its flag's, for the options
+    not ``given`` on the command line. A bad file, key or value is one InputError line."""
+    import yaml
+
+    from stmed.errors import InputError, did_you_mean
+
+    if not path.is_file():
+        raise InputError(f"--config {path}: no such file")
+    text = path.read_text(encoding="utf-8")
+    try:
+        loaded = yaml.safe_load(text)
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise InputError(f"{path}:{mark.line + 1 if mark else 1}: not valid YAML") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise InputError(f"{path}: expected a mapping of option names to values, for example `lr: 1.0e-5`")
+    lines = {str(k.value): k.start_mark.line + 1 for k, _ in root.value}
+    params = _params(ctx)
+    names = {}  # every accepted spelling -> the option: its name, and each long flag's
+    for p in params.values():
+        names[p.name] = p.name
+        names.update({o[2:].replace("-", "_"): p.name for o in p.opts if o.startswith("--")})
+    values = {}
+    for key, value in loaded.items():
+        where = f"{path}:{lines.get(str(key), 1)}"
+        name = names.get(str(key).replace("-", "_"))
+        if name is None:
+            raise InputError(f"{where}: unknown key {key!r}{did_you_mean(str(key).replace('-', '_'), params)}")
+        if name not in given:
+            values[name] = _convert(ctx, params[name], value, f"{where}: {key}")
+    return values
+
+
+def _convert(ctx, param, value, where: str):
+    """``value`` as the flag's own value would be converted (typer's types, ranges, switches)."""
+    from stmed.errors import InputError
+
+    multiple = getattr(param, "multiple", False)
+    if multiple and not isinstance(value, list):
+        value = [value]
+    if isinstance(value, dict) or (isinstance(value, list) and not multiple):
+        raise InputError(f"{where}: expected one value, as on the command line, not a {type(value).__name__}")
+    try:
+        return param.process_value(ctx, value)
+    except Exception as e:
+        if not hasattr(e, "format_message"):  # not a click usage error: a bug, shown as one
+            raise
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            try:  # YAML reads `seeds: 42` as a number; the flag takes the text
+                return param.process_value(ctx, str(value))
+            except Exception:
+                pass
+        message = " ".join(e.format_message().split())
+        if message.startswith("Invalid value for"):  # the flag's name: the key says it
+            message = message.split(": ", 1)[-1]
+        raise InputError(f"{where}: {message}") from None

@@ -13,22 +13,18 @@ from typing import Annotated, Optional
 
 import typer
 
-from stmed.core.model import ModelSpec
 from stmed.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, InputError, StmedError
 from stmed.options import flag_type
 from stmed.stages.questions import QuestionsConfig
 from stmed.stages.runner import Files
 
 Model = Annotated[str, typer.Option("-m", "--model", help="Hugging Face model id or local folder.")]
-Input = Annotated[str, typer.Argument(help="Input JSONL file, or - for stdin.")]
+Input = Annotated[str, typer.Argument(metavar="INPUT", help="Input JSONL file, or - for stdin.")]
 Limit = Annotated[Optional[int], typer.Option("--limit", min=1, help="Only the first N input records.")]
 Shard = Annotated[Optional[str], typer.Option("--shard", help="I/N: this process takes shard I of N (stable split by id).")]
-# Flags whose help lives on a config field, for commands that take them one by one (dpo, sft)
-ChatTemplate = flag_type(ModelSpec, "chat_template")
-TrustRemote = flag_type(ModelSpec, "trust_remote_code", default_none=False)
+# Flags whose help lives on a config field, for commands that take them one by one (view, inspect)
 ImageRoot = flag_type(QuestionsConfig, "image_root")
 MaxPixels = flag_type(QuestionsConfig, "max_pixels")
-Overwrite = flag_type(Files, "overwrite", default_none=False)
 Quiet = flag_type(Files, "quiet", default_none=False)
 
 

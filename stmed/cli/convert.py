@@ -20,9 +20,9 @@ from stmed.options import options
 @c.command
 @options(ConvertOptions)
 def convert(
-    src: Annotated[Path, typer.Argument(help="Checkpoint folder in the original LLaVA code's layout "
+    src: Annotated[Path, typer.Argument(metavar="SRC", help="Checkpoint folder in the original LLaVA code's layout "
                                               "(model_type llava_llama or llava_mistral).")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="Folder to write the converted model to.")],
+    output: Annotated[Path, typer.Option("-o", "--output", metavar="DIR", help="Folder to write the converted model to.")],
     opts: ConvertOptions,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Write into a folder that is not empty.")] = False,
 ) -> int:

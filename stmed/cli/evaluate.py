@@ -12,13 +12,13 @@ from stmed.cli import common as c
 from stmed.cli.app import app
 from stmed.core.model import ModelSpec
 from stmed.evaluation.open_judge import OpenJudgeConfig
-from stmed.options import options
+from stmed.options import note_renamed, options
 from stmed.registry import EngineOptions
 from stmed.stages.evaluate import EvalConfig
 from stmed.stages.runner import Files
 
 Bench = Annotated[str, typer.Option("--bench", help="vqa-rad | slake | pathvqa | jsonl (your own items).")]
-Data = Annotated[Optional[str], typer.Option("--data", help="Benchmark file or folder (format detected; see --format). Default: the copy carried in examples/data (vqa-rad, slake English), or the Hugging Face Hub copy (pathvqa), downloaded once into the HF cache.")]
+Data = Annotated[Optional[str], typer.Option("--data", metavar="FILE|DIR", help="Benchmark file or folder (format detected; see --format). Default: the copy carried in examples/data (vqa-rad, slake English), or the Hugging Face Hub copy (pathvqa), downloaded once into the HF cache.")]
 
 
 @app.command("eval")
@@ -28,11 +28,11 @@ def eval_(
     bench: Bench, cfg: EvalConfig, spec: ModelSpec, engine_opts: EngineOptions, files: Files, judge_cfg: OpenJudgeConfig,
     data: Data = None,
     model: Annotated[Optional[str], typer.Option("-m", "--model", help="Model to generate with (or use --predictions).")] = None,
-    predictions: Annotated[Optional[str], typer.Option(help="Score this answer file instead (stmed items or LLaVA-Med {question_id, text}).")] = None,
+    predictions: Annotated[Optional[str], typer.Option(metavar="FILE", help="Score this answer file instead (stmed items or LLaVA-Med {question_id, text}).")] = None,
     split: Annotated[str, typer.Option(help="Split, for files that hold several (VQA-RAD release, parquet folders).")] = "test",
     lang: Annotated[str, typer.Option(help="SLAKE question language: en | zh | all.")] = "en",
     format: Annotated[Optional[str], typer.Option("--format", help="Override detection: vqa-rad, mevf, llava-med, parquet, slake, pathvqa-pkl, pathvqa-lxmert, jsonl.")] = None,
-    summary: Annotated[Optional[Path], typer.Option(help="Write the summary JSON here.")] = None,
+    summary: Annotated[Optional[Path], typer.Option(metavar="FILE", help="Write the summary JSON here.")] = None,
     name: Annotated[Optional[str], typer.Option(help="Run name in summaries and reports (default: model or file name).")] = None,
     limit: c.Limit = None,
 ) -> int:
@@ -117,10 +117,11 @@ def _finish(result: dict, summary: Path | None, quiet: bool) -> None:
 @app.command("report")
 @c.command
 def report(
-    summaries: Annotated[list[Path], typer.Argument(help="Summary JSON files from stmed eval --summary.")],
-    markdown: Annotated[Optional[str], typer.Option(help="Write a markdown table here (- for stdout).")] = None,
-    plot: Annotated[Optional[Path], typer.Option(help="Draw the headline numbers as a grouped bar chart (PNG; needs matplotlib).")] = None,
-    json_out: Annotated[Optional[str], typer.Option("--json", help="Write the runs' headline metrics and every paired test (p-values) as JSON here (- for stdout).")] = None,
+    summaries: Annotated[list[Path], typer.Argument(metavar="SUMMARY", help="Summary JSON files from stmed eval --summary.")],
+    markdown: Annotated[Optional[str], typer.Option(metavar="FILE", help="Write a markdown table here (- for stdout).")] = None,
+    plot: Annotated[Optional[Path], typer.Option(metavar="FILE", help="Draw the headline numbers as a grouped bar chart (PNG; needs matplotlib).")] = None,
+    json_out: Annotated[Optional[str], typer.Option("--json-out", metavar="FILE", help="Write the runs' headline metrics and every paired test (p-values) as JSON here (- for stdout).")] = None,
+    json_was: Annotated[Optional[str], typer.Option("--json", hidden=True)] = None,  # --json-out's old spelling
     resamples: Annotated[int, typer.Option(min=100, help="Paired bootstrap resamples for the significance tests.")] = 1000,
     seed: Annotated[int, typer.Option(help="Seed of the paired bootstrap.")] = 0,
 ) -> int:
@@ -130,6 +131,9 @@ def report(
     from stmed.evaluation.significance import compare_all
     from stmed.progress import err_console
 
+    if json_was is not None:
+        note_renamed(f"--json {json_was}", f"--json-out {json_was}")
+        json_out = json_out or json_was
     loaded = [rep.load_summary(p) for p in summaries]
     if plot is not None:
         rep.plot(loaded, plot)  # first: a missing matplotlib stops before anything is written

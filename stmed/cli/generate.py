@@ -22,7 +22,7 @@ from stmed.stages.runner import Files
 @c.command
 @options(QuestionsConfig, ModelSpec, EngineOptions, Files)
 def gen_questions(
-    input: Annotated[str, typer.Argument(help="JSONL of {id, image}, a folder of images, or - for stdin.")],
+    input: Annotated[str, typer.Argument(metavar="INPUT", help="JSONL of {id, image}, a folder of images, or - for stdin.")],
     model: c.Model, cfg: QuestionsConfig, spec: ModelSpec, engine_opts: EngineOptions, files: Files,
     limit: c.Limit = None, shard: c.Shard = None,
 ) -> int:

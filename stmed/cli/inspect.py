@@ -19,9 +19,9 @@ from stmed.options import options
 @c.command
 @options(ModelSpec)
 def inspect(
-    image: Annotated[Path, typer.Argument(help="An image file: JPEG, PNG, TIFF, BMP, WebP or DICOM.")],
+    image: Annotated[Path, typer.Argument(metavar="IMAGE", help="An image file: JPEG, PNG, TIFF, BMP, WebP or DICOM.")],
     model: c.Model, spec: ModelSpec,
-    question: Annotated[Optional[list[str]], typer.Option("-q", "--question", help="Ask this (repeatable).")] = None,
+    question: Annotated[Optional[list[str]], typer.Option("-q", "--question", metavar="TEXT", help="Ask this (repeatable).")] = None,
     n_questions: Annotated[int, typer.Option("-n", help="Questions the model asks itself.")] = 3,
     max_new_tokens: Annotated[int, typer.Option(help="Per answer and question.")] = 128,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a panel.")] = False,

@@ -24,13 +24,13 @@ Opt = typer.Option
 @options(JudgeConfig, ModelSpec, Files)
 def judge(
     cfg: JudgeConfig, spec: ModelSpec, files: Files,
-    input: Annotated[str, typer.Argument(help="Answer records (>= 2 answers each) as JSONL, or - for stdin.")] = "-",
-    cache: Annotated[Optional[Path], Opt(help="SQLite reply cache (default ~/.cache/stmed/judge-cache.sqlite).")] = None,
+    input: Annotated[str, typer.Argument(metavar="INPUT", help="Answer records (>= 2 answers each) as JSONL, or - for stdin.")] = "-",
+    cache: Annotated[Optional[Path], Opt(metavar="FILE", help="SQLite reply cache (default ~/.cache/stmed/judge-cache.sqlite).")] = None,
     no_cache: Annotated[bool, Opt("--no-cache", help="Neither read nor write the reply cache.")] = False,
-    prices: Annotated[Optional[Path], Opt(help="JSON price table {model: [input, output]} in USD per million tokens.")] = None,
+    prices: Annotated[Optional[Path], Opt(metavar="FILE", help="JSON price table {model: [input, output]} in USD per million tokens.")] = None,
     price: Annotated[Optional[str], Opt(help="IN,OUT USD per million tokens for --judge-model.")] = None,
     export: Annotated[Optional[str], Opt(help="stllava: also write OUTPUT.stllava.json (STLLaVA-Med DPO format).")] = None,
-    skipped: Annotated[Optional[str], Opt(help="Skipped records (tie, order-inconsistent, below-margin) go here (default OUTPUT.skipped.jsonl).")] = None,
+    skipped: Annotated[Optional[str], Opt(metavar="FILE", help="Skipped records (tie, order-inconsistent, below-margin) go here (default OUTPUT.skipped.jsonl).")] = None,
     limit: c.Limit = None, shard: c.Shard = None,
 ) -> int:
     """Judge each record's answers and write (chosen, rejected) preference pairs.

@@ -17,10 +17,10 @@ Opt = typer.Option
 @app.command("view")
 @c.command
 def view(
-    files: Annotated[list[str], typer.Argument(help="JSONL from any stage (questions, answers, pairs, skipped, "
+    files: Annotated[list[str], typer.Argument(metavar="FILE", help="JSONL from any stage (questions, answers, pairs, skipped, "
                                                "*.errors.jsonl, eval output), train_log.jsonl or a dpo/sft folder; "
                                                "records with the same id are joined.")],
-    output: Annotated[Optional[str], Opt("-o", "--output", help="The HTML page to write (default stdout).")] = None,
+    output: Annotated[Optional[str], Opt("-o", "--output", metavar="FILE", help="The HTML page to write (default stdout).")] = None,
     image_root: c.ImageRoot = None,
     thumb_size: Annotated[int, Opt("--thumb-size", help="Longest side of each image thumbnail, in pixels.")] = 256,
     per_page: Annotated[int, Opt("--per-page", help="Cards on screen at once (the page has a pager).")] = 20,

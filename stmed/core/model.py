@@ -23,11 +23,12 @@ class ModelSpec:
     loads a model (``-m`` itself is each command's own: required, optional, or ``--judge-model``)."""
 
     model: str = ""
-    adapter: str | None = opt(None, "peft adapter folder applied on the model.")
+    adapter: str | None = opt(None, "peft adapter folder applied on the model.", metavar="DIR")
     device: str = opt("auto", "auto | cpu | cuda | cuda:N")
     dtype: str = opt("auto", "auto | bfloat16 | float16 | float32 (auto: bf16 on a GPU that has it).")
     trust_remote_code: bool = opt(False, "Allow the model repo's own Python code.", flags="--trust-remote-code")
-    chat_template: str | None = opt(None, "Jinja chat template file (or a chat_template.json) replacing the model's own.")
+    chat_template: str | None = opt(None, "Jinja chat template file (or a chat_template.json) replacing the model's own.",
+                                     metavar="FILE")
 
 
 @dataclass

@@ -31,7 +31,7 @@ class AnswersConfig:
     top_p: float = opt(0.95, "Nucleus sampling (paper: 0.95).")
     max_new_tokens: int = opt(1024, "Per answer (paper: 1024).")
     chunk_size: int | None = None  # questions per unit of work; default: four full batches of samples
-    image_root: Path | None = opt(None, "Folder that relative image paths resolve against.")
+    image_root: Path | None = opt(None, "Folder that relative image paths resolve against.", metavar="DIR")
     pad_square: bool = opt(False, "Pad images square with the mean colour (LLaVA's pad).")
     max_pixels: int | None = opt(None, MAX_PIXELS_HELP, min=784)
     system_prompt: Prompt | None = opt(None, "File with a system prompt.", type=Optional[Path],

@@ -30,7 +30,7 @@ class EvalConfig:
     # LLaVA-Med's model_vqa_med generates up to 1024 tokens, greedily
     max_new_tokens: int = opt(1024, "Per answer (LLaVA-Med: 1024).")
     chunk_size: int | None = None  # items per unit of work; default: four full batches
-    image_root: Path | None = opt(None, "Folder that relative image paths resolve against.")
+    image_root: Path | None = opt(None, "Folder that relative image paths resolve against.", metavar="DIR")
     # LLaVA-Med trained on padded images but evaluated unpadded
     pad_square: bool = opt(False, "Pad images square with the mean colour (LLaVA's pad).")
     max_pixels: int | None = opt(None, MAX_PIXELS_HELP, min=784)

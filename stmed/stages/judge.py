@@ -43,11 +43,12 @@ class JudgeConfig:
     temperature: float = opt(0.2, "Judge temperature (paper: 0.2).")
     max_tokens: int = opt(300, "Judge reply length limit (two scores and a short reason).")
     max_side: int = opt(1024, "Longest image side sent to the judge, in pixels.")
-    # auto: ask for JSON (response_format) from api.openai.com only
-    json_mode: str = opt("auto", "Ask for JSON via response_format: auto (api.openai.com only) | on | off.", flags="--json")
+    # auto: ask for JSON (response_format) from api.openai.com only; the old --json auto|on|off reads until the next release
+    response_format: str = opt("auto", "Ask for the reply as JSON (response_format): auto (api.openai.com only) | json | text.",
+                               was="--json", was_values={"on": "json", "off": "text"})
     prompt_file: str | None = opt(None, "Template replacing the judge prompt ({question}, {answer_1}, {answer_2}).",
                                   type=Optional[Path], parse=lambda p: str(p) if p else None)
-    image_root: Path | None = opt(None, "Folder that relative image paths resolve against.")
+    image_root: Path | None = opt(None, "Folder that relative image paths resolve against.", metavar="DIR")
     timeout: float = opt(120.0, "Seconds for one HTTP attempt.")
     max_request_seconds: float = opt(600.0, "Seconds for all retries of one request.", flags="--max-request-time")
     backoff_initial: float = 1.0
@@ -57,7 +58,7 @@ class JudgeConfig:
     batch_size: int = opt(8, "local: generation batch size (halved on out-of-memory).", min=1)
     max_pixels: int | None = opt(None, MAX_PIXELS_HELP, min=784)
     # batch backend
-    batch_dir: Path | None = opt(None, "batch: folder for request/output files (default OUTPUT.batch/).")
+    batch_dir: Path | None = opt(None, "batch: folder for request/output files (default OUTPUT.batch/).", metavar="DIR")
     prepare_only: bool = opt(False, "batch: write request files and stop (for vllm run-batch).", flags="--prepare-only")
     collect: list[str] = opt(help="batch: build pairs from this Batch output file (repeatable).", factory=list,
                              type=Optional[list[Path]], parse=lambda ps: [str(p) for p in ps or []], flag_default=None)
@@ -77,8 +78,8 @@ class JudgeConfig:
         registry.require(registry.lookup(self.engine, flag="--engine"), "logprobs", "the local judge's fallback")
         if self.policy not in POLICIES:
             raise InputError(f"--policy {self.policy!r}: expected one of {', '.join(POLICIES)}")
-        if self.json_mode not in ("auto", "on", "off"):
-            raise InputError(f"--json {self.json_mode!r}: expected auto, on or off")
+        if self.response_format not in ("auto", "json", "text"):
+            raise InputError(f"--response-format {self.response_format!r}: expected auto, json or text")
         if self.min_margin < 0:
             raise InputError("--min-margin must be 0 or more")
         if self.hard_negative not in (None, "corrupt"):
@@ -96,7 +97,7 @@ class JudgeConfig:
     def use_json(self) -> bool:
         if self.local_model:  # a local model reads plain text
             return False
-        return self.json_mode == "on" or (self.json_mode == "auto" and self.base_url is None)
+        return self.response_format == "json" or (self.response_format == "auto" and self.base_url is None)
 
     def model_spec(self) -> ModelSpec:
         """The local judge model, loaded by its engine (--engine) like any other model."""

@@ -40,7 +40,7 @@ class QuestionsConfig:
     seed: int = opt(0, "Base seed; every sample records its own seed.")
     max_tries: int = opt(3, "Sampling rounds to replace empty/duplicate questions.")
     chunk_size: int | None = None  # images per unit of work; default: four full description batches
-    image_root: Path | None = opt(None, "Folder that relative image paths resolve against.")
+    image_root: Path | None = opt(None, "Folder that relative image paths resolve against.", metavar="DIR")
     pad_square: bool = opt(False, "Pad images square with the mean colour (LLaVA's pad).")
     max_pixels: int | None = opt(None, MAX_PIXELS_HELP, min=784)
     system_prompt: prompts.Prompt = opt(help="File replacing the virtual-user system prompt.", factory=lambda: prompts.VUSER_SYSTEM,

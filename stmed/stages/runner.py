@@ -63,8 +63,9 @@ class Outcome:
 class Files:
     """Where a stage's records go (the same flags on every JSONL stage)."""
 
-    output: str | None = opt(None, "Output JSONL (resumed when it exists); default stdout.", flags=("-o", "--output"))
-    errors: str | None = opt(None, "Bad records go here (default OUTPUT.errors.jsonl, or stderr).")
+    output: str | None = opt(None, "Output JSONL (resumed when it exists); default stdout.", flags=("-o", "--output"),
+                              metavar="FILE")
+    errors: str | None = opt(None, "Bad records go here (default OUTPUT.errors.jsonl, or stderr).", metavar="FILE")
     overwrite: bool = opt(False, "Start fresh instead of resuming an existing output.", flags="--overwrite")
     quiet: bool = opt(False, "No progress bar or summary.", flags=("-q", "--quiet"))
     skipped: str | None = None  # the judge's skipped records (None: the stage makes no skips)
