@@ -7,6 +7,7 @@ import ast
 import json
 import subprocess
 import sys
+import types
 
 import pytest
 import typer
@@ -59,25 +60,51 @@ def _commands():
     return {info.name: info.callback for info in app.registered_commands}
 
 
-@pytest.mark.parametrize("name", ["gen-questions", "answer", "judge", "eval", "inspect", "convert"])
+BUILT_FROM_CONFIGS = ["gen-questions", "answer", "judge", "eval", "inspect", "convert", "dpo", "sft"]
+
+
+def test_every_command_that_takes_a_config_gets_its_flags_from_it():
+    built = {name for name, cb in _commands().items() if getattr(cb, "__stmed_options__", None)}
+    assert built >= set(BUILT_FROM_CONFIGS), f"commands whose flags are written by hand: {set(BUILT_FROM_CONFIGS) - built}"
+
+
+def _runtime_type(tp):
+    """The class a value of annotation ``tp`` is an instance of (None admitted by Optional)."""
+    import typing
+
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and len(args) == 1:
+        return _runtime_type(args[0])
+    return typing.get_origin(tp) or tp
+
+
+@pytest.mark.parametrize("name", BUILT_FROM_CONFIGS)
 def test_every_stage_flag_is_its_config_field(name):
-    """The flag's default, parsed as the command parses it, is the field's default; its help is the field's."""
+    """Each field's flag has the field's name and declared spelling, its help, and its default:
+    the flag's default, converted as the command converts it, builds the config's own defaults."""
     callback = _commands()[name]
     click_cmd = typer.main.get_command(app).commands[name]
+    ctx = click_cmd.make_context(name, [], resilient_parsing=True)
     params = {p.name: p for p in click_cmd.params}
     classes = callback.__stmed_options__
     assert classes, f"{name} generates no option from a config"
     for cls in classes:
-        for f, option, _ in option_fields(cls):
+        values = {}
+        for f, option, tp in option_fields(cls):
             assert f.name in params, f"{name}: {cls.__name__}.{f.name} has no flag"
             p = params[f.name]
+            spelled = [x for flag in option.flags for x in flag.split("/")] or [f"--{f.name.replace('_', '-')}"]
+            assert set(spelled) <= set(p.opts + p.secondary_opts), \
+                f"{name} {p.opts}: not {cls.__name__}.{f.name}'s flags {spelled}"
             assert p.help == option.help, f"{name} --{f.name}: help differs from {cls.__name__}.{f.name}'s"
             default = flag_default(f, option)
             assert p.default == default or (p.default in (None, ()) and default in (None, ())), \
                 f"{name} --{f.name}: default {p.default!r} is not {cls.__name__}'s {default!r}"
-        instance = cls()  # built from the flags' defaults, it equals the config's own defaults
-        flags = {f.name: flag_default(f, o) for f, o, _ in option_fields(cls)}
-        assert build(cls, flags) == instance, f"{name}: the defaults of {cls.__name__}'s flags make another config"
+            values[f.name] = p.process_value(ctx, p.default)  # the flag's own conversion (its type)
+            if option.type is None and option.parse is None and values[f.name] is not None:
+                assert isinstance(values[f.name], _runtime_type(tp)), \
+                    f"{name} --{f.name}: the flag gives a {type(values[f.name]).__name__}, {cls.__name__}.{f.name} is {tp}"
+        assert build(cls, values) == cls(), f"{name}: the defaults of {cls.__name__}'s flags make another config"
 
 
 def test_a_command_cannot_declare_a_config_flag_twice():

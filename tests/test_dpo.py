@@ -183,15 +183,27 @@ def test_no_usable_pairs_and_bad_config_stop_early(tiny_model, tmp_path):
 
 
 def test_weight_decay_from_the_config_file_reaches_the_trainer(tmp_path):
+    import typer
     from transformers import TrainingArguments
+    from typer.testing import CliRunner
 
-    from stmed.train.common import DPOConfig, SFTConfig, make_config, trainer_kwargs
+    from stmed.options import options
+    from stmed.train.common import DPOConfig, SFTConfig, trainer_kwargs
 
     cfg_file = tmp_path / "cfg.yaml"
-    cfg_file.write_text("weight_decay: 0.1\nwarmup_ratio: 0.05\n")
+    cfg_file.write_text("weight_decay: 0.1\nwarmup_ratio: 0.05\nmodel: m\n")
     for cls in (DPOConfig, SFTConfig):
-        cfg = make_config(cls, str(cfg_file), {"model": "m", "output_dir": str(tmp_path / "o")})
-        args = TrainingArguments(**trainer_kwargs(cfg, False))
+        built = []
+
+        def main(cfg):  # the command's way: its flags, and --config, build cfg
+            built.append(cfg)
+
+        main.__annotations__ = {"cfg": cls}
+        app = typer.Typer()
+        app.command()(options(cls)(main))
+        r = CliRunner().invoke(app, ["--config", str(cfg_file), "-o", str(tmp_path / "o")])
+        assert r.exit_code == 0 and built[0].model == "m", r.output
+        args = TrainingArguments(**trainer_kwargs(built[0], False))
         assert args.weight_decay == 0.1 and args.warmup_steps == 0.05, (args.weight_decay, args.warmup_steps)
 
 

@@ -63,8 +63,11 @@ def test_report_marks_a_significant_gain_over_the_first_run(tmp_path):
         assert r.returncode == 0, r.stderr[-2000:]
     per_item = json.loads(summaries[0].read_text())["per_item"]
     assert per_item["closed"]["ids"][:2] == ["c0", "c1"] and per_item["closed"]["closed_accuracy"][:2] == [1, 0]
-    r = run_stmed("report", *summaries, "--json", "-", "--markdown", tmp_path / "r.md")
+    r = run_stmed("report", *summaries, "--json-out", "-", "--markdown", tmp_path / "r.md")
     assert r.returncode == 0, r.stderr
+    old = run_stmed("report", *summaries, "--json", "-")  # the old spelling, for one release
+    assert old.returncode == 0 and old.stdout == r.stdout, old.stderr
+    assert "stmed: note: --json - is now --json-out -" in old.stderr, old.stderr
     tests = {t["metric"]: t for t in json.loads(r.stdout)["comparisons"]}
     closed = tests["closed_accuracy"]
     # the base misses the 10 odd closed items, the better run none: McNemar on b=0, c=10
