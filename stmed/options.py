@@ -156,7 +156,7 @@ def _typer_option(option: Option, tp=None):
 
 def flag_type(cls, name: str, *, default_none: bool = True):
     """``Annotated[type, typer.Option(...)]`` of one option field, for a command that declares it
-    itself; ``default_none``: its type admits None (unset, so that a config file can decide)."""
+    itself; ``default_none``: its type admits None (the flag may be left unset)."""
     for f, option, tp in option_fields(cls):
         if f.name == name:
             tp = _optional(option.type or tp)
