@@ -97,8 +97,7 @@ def rendered_hash(backend, messages: list[dict]) -> dict:
     processor = backend.processor
     if processor is None:
         return {}
-    from stmed.core.chat import prompt_hash, render
-    from stmed.core.template import rendering
+    from stmed.core.prompt import prompt_hash, render, rendering
 
     how = rendering(processor)  # a string-content template: the image token written before the text
     return {"rendered_sha256": prompt_hash(render(processor, messages, with_image=True)),
