@@ -154,7 +154,9 @@ def emitted_ids(record: Record, vocab_size: int) -> dict[str, list[int]]:
     ``corrupt_answers`` (a hard negative's rejected side; both written by ``stmed answer`` with a
     local engine; absent for a served model or another tool's pairs)."""
     out: dict[str, list[int]] = {}
-    for key in ("answers", "corrupt_answers"):
+    from stmed.corrupt import ANSWERS
+
+    for key in ("answers", ANSWERS):
         answers = record.get(key)
         for k, a in enumerate(answers if isinstance(answers, list) else []):
             if not isinstance(a, dict) or "ids" not in a:
