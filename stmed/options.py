@@ -14,8 +14,7 @@ instance per class, in place of its parameter annotated with that class:
 file into a Prompt); ``flag_default`` is what the flag shows when the field's own default is not
 a flag value (a built-in prompt: no file). ``like`` declares a field again with another default
 (a subclass's own value for a flag its base declares). A path shows as FILE (or the ``metavar``
-given: DIR) in ``--help``. ``was`` keeps an old spelling of a flag working for one release, with
-a note on stderr.
+given: DIR) in ``--help``.
 
 Every such command also takes ``--config FILE.yaml``: keys are option names (``learning_rate``,
 ``learning-rate`` or the flag's own ``lr``), values as on the command line. The precedence is
@@ -28,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
-import sys
 import types
 import typing
 from collections.abc import Callable
@@ -51,17 +49,14 @@ class Option:
     min: float | None = None
     max: float | None = None
     metavar: str | None = None  # default: FILE for a path, else typer's own
-    was: str | None = None  # the flag's old spelling, still read for one release
-    was_values: tuple[tuple[str, str], ...] = ()  # old values under the old spelling -> new ones
 
 
 def opt(default: Any = dataclasses.MISSING, help: str = "", *, flags: tuple[str, ...] | str = (), factory=None,
         type: Any = None, parse: Callable[[Any], Any] | None = None, flag_default: Any = _UNSET,
-        min: float | None = None, max: float | None = None, metavar: str | None = None, was: str | None = None,
-        was_values: dict[str, str] | None = None):
+        min: float | None = None, max: float | None = None, metavar: str | None = None):
     """A dataclass field that is also a command-line option (see the module's docstring)."""
     option = Option(help, (flags,) if isinstance(flags, str) else tuple(flags), type, parse, flag_default, min, max,
-                    metavar, was, tuple((was_values or {}).items()))
+                    metavar)
     return _field(option, default, factory)
 
 
@@ -121,22 +116,13 @@ def flag_default(f: dataclasses.Field, option: Option):
 
 
 def parameters(cls) -> list[inspect.Parameter]:
-    """The typer parameters of ``cls``'s option fields, and a hidden one for each old spelling."""
+    """The typer parameters of ``cls``'s option fields."""
     out = []
     for f, option, tp in option_fields(cls):
         tp = _optional(option.type or tp)
         out.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=flag_default(f, option),
                                      annotation=Annotated[tp, _typer_option(option, tp)]))
-        if option.was:
-            import typer
-
-            out.append(inspect.Parameter(_was(f.name), inspect.Parameter.KEYWORD_ONLY, default=None,
-                                         annotation=Annotated[Optional[str], typer.Option(option.was, hidden=True)]))
     return out
-
-
-def _was(name: str) -> str:
-    return f"{name}__was"
 
 
 def is_path(tp) -> bool:
@@ -197,7 +183,6 @@ def options(*classes) -> Callable:
                 assert p.name not in taken, f"{fn.__name__}: option {p.name} is declared twice"
                 taken.add(p.name)
                 generated.append(p)
-        renamed = {f.name: o for cls in classes for f, o, _ in option_fields(cls) if o.was}
         config = inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
             Optional[Path], typer.Option("--config", metavar="FILE", help=CONFIG_HELP)])
         context = inspect.Parameter(_CTX, inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)
@@ -205,11 +190,8 @@ def options(*classes) -> Callable:
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
             ctx, config_file = kwargs.pop(_CTX), kwargs.pop("config")
-            given = {name for name in kwargs if _given(ctx, name)}
-            for name, option in renamed.items():
-                _old_spelling(ctx, kwargs, name, option, given)
             if config_file is not None:
-                kwargs.update(config_values(config_file, ctx, given))
+                kwargs.update(config_values(config_file, ctx, {name for name in kwargs if _given(ctx, name)}))
             for name, cls in slots.items():
                 names = {f.name for f, _, _ in option_fields(cls)}
                 kwargs[name] = build(cls, {k: kwargs.pop(k) for k in list(kwargs) if k in names})
@@ -235,24 +217,6 @@ def _given(ctx, name: str) -> bool:
     """Whether the user set ``name`` (on the command line or through the environment), not its default."""
     source = ctx.get_parameter_source(name)
     return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT", "PROMPT")
-
-
-def note_renamed(old: str, new: str) -> None:
-    """The one line an old spelling prints while it still works."""
-    print(f"stmed: note: {old} is now {new}; the old spelling goes away in the next release", file=sys.stderr)
-
-
-def _old_spelling(ctx, kwargs: dict, name: str, option: Option, given: set[str]) -> None:
-    """``option.was VALUE`` read as the new flag (its old values mapped), with a note."""
-    value = kwargs.pop(_was(name))
-    if value is None:
-        return
-    new = dict(option.was_values).get(value, value)
-    flag = next((f for f in option.flags if f.startswith("--")), "--" + name.replace("_", "-"))
-    note_renamed(f"{option.was} {value}", f"{flag} {new}")
-    if name not in given:
-        kwargs[name] = _convert(ctx, _params(ctx)[name], new, option.was)
-        given.add(name)
 
 
 def _params(ctx) -> dict:

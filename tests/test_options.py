@@ -111,14 +111,19 @@ def test_a_config_file_sets_a_command_own_option_too(tmp_path):
     assert r.exit_code == 0 and json.loads(r.stdout) == {"n": 2, "seeds": [7], "limit": 2}, r.output
 
 
-def test_the_judge_old_json_flag_still_works_with_a_note():
-    code, got, out = _run(JudgeConfig, "--json", "on")
-    assert code == 0 and got["response_format"] == "json", out
-    assert "stmed: note: --json on is now --response-format json" in out, out
-    code, got, out = _run(JudgeConfig, "--json", "off", "--response-format", "auto")
-    assert code == 0 and got["response_format"] == "auto", "the new spelling wins when both are given"
-    code, got, out = _run(JudgeConfig, "--response-format", "text")
-    assert code == 0 and got["response_format"] == "text" and "note" not in out, out
+def test_the_old_json_spellings_still_work_with_a_note(capsys):
+    """--json is the switch "JSON on stdout"; judge's auto|on|off and report's FILE were renamed."""
+    from stmed.cli.app import rename_args
+
+    assert rename_args("judge", ["a.jsonl", "--json", "on", "--json=off", "-o", "on"]) == \
+        ["a.jsonl", "--response-format", "json", "--response-format=text", "-o", "on"]
+    assert rename_args("judge", ["a.jsonl", "--json", "auto"]) == ["a.jsonl", "--response-format", "auto"]
+    err = capsys.readouterr().err
+    assert err.count("stmed: note: stmed judge --json is now --response-format (on is json, off is text)") == 2, err
+    assert rename_args("report", ["s.json", "--json", "-"]) == ["s.json", "--json-out", "-"]
+    assert rename_args("inspect", ["x.png", "--json"]) == ["x.png", "--json"], "the switch itself is not renamed"
+    code, got, _ = _run(JudgeConfig, "--response-format", "text")
+    assert code == 0 and got["response_format"] == "text"
     code, _, out = _run(JudgeConfig, "--response-format", "on")
     assert code == 2 and "--response-format 'on': expected auto, json or text" in out, out
 

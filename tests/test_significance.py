@@ -67,7 +67,7 @@ def test_report_marks_a_significant_gain_over_the_first_run(tmp_path):
     assert r.returncode == 0, r.stderr
     old = run_stmed("report", *summaries, "--json", "-")  # the old spelling, for one release
     assert old.returncode == 0 and old.stdout == r.stdout, old.stderr
-    assert "stmed: note: --json - is now --json-out -" in old.stderr, old.stderr
+    assert "stmed: note: stmed report --json is now --json-out" in old.stderr, old.stderr
     tests = {t["metric"]: t for t in json.loads(r.stdout)["comparisons"]}
     closed = tests["closed_accuracy"]
     # the base misses the 10 odd closed items, the better run none: McNemar on b=0, c=10

@@ -72,7 +72,7 @@ def hf(family):
 
 
 def test_vllm_sees_the_prompt_ids_the_transformers_engine_sees(family, hf):
-    from stmed.core.generate import encode_batch
+    from stmed.core.prompt import encode_batch
 
     name, _, probe = family
     loaded, gen = hf
@@ -97,7 +97,7 @@ def test_greedy_ids_equal_the_transformers_engines(family, hf):
 
 
 def test_samples_are_stable_across_batch_mates_and_every_request_has_its_own_seed(family):
-    from stmed.core.vllm_engine import request_seed
+    from stmed.engines.vllm import request_seed
 
     name, _, probe = family
     for key in probe["alone"]:

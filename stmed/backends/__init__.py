@@ -1,7 +1,7 @@
-"""Backends that live outside this process: wire-level request and reply types.
+"""Models that live outside this process: wire-level request and reply types.
 
 The shared interface for "a model that generates from (image, messages)" is
-``stmed.core.backend.Backend``; ``openai_backend.OpenAIBackend`` implements it on top of
+``stmed.engines.base.Engine``; ``stmed.engines.openai.OpenAIEngine`` implements it on top of
 ``openai_client.OpenAIClient``. The judge, its cache and its Batch API files work one level
 lower, on ``ChatRequest``/``ChatResult``, because they need the exact request body (for cache
 keys and batch files) and the token usage of every reply.

@@ -12,8 +12,8 @@ from stmed.cli import common as c
 from stmed.cli.app import app
 from stmed.core.model import ModelSpec
 from stmed.evaluation.open_judge import OpenJudgeConfig
-from stmed.options import note_renamed, options
-from stmed.registry import EngineOptions
+from stmed.options import options
+from stmed.engines import EngineOptions
 from stmed.stages.evaluate import EvalConfig
 from stmed.stages.runner import Files
 
@@ -40,7 +40,7 @@ def eval_(
     from stmed.distributed import world
     from stmed.evaluation import benchmarks
     from stmed.records import select
-    from stmed.registry import open_engine
+    from stmed.engines import open_engine
     from stmed.stages.evaluate import evaluate
 
     if (model is None) == (predictions is None):
@@ -121,7 +121,6 @@ def report(
     markdown: Annotated[Optional[str], typer.Option(metavar="FILE", help="Write a markdown table here (- for stdout).")] = None,
     plot: Annotated[Optional[Path], typer.Option(metavar="FILE", help="Draw the headline numbers as a grouped bar chart (PNG; needs matplotlib).")] = None,
     json_out: Annotated[Optional[str], typer.Option("--json-out", metavar="FILE", help="Write the runs' headline metrics and every paired test (p-values) as JSON here (- for stdout).")] = None,
-    json_was: Annotated[Optional[str], typer.Option("--json", hidden=True)] = None,  # --json-out's old spelling
     resamples: Annotated[int, typer.Option(min=100, help="Paired bootstrap resamples for the significance tests.")] = 1000,
     seed: Annotated[int, typer.Option(help="Seed of the paired bootstrap.")] = 0,
 ) -> int:
@@ -131,9 +130,6 @@ def report(
     from stmed.evaluation.significance import compare_all
     from stmed.progress import err_console
 
-    if json_was is not None:
-        note_renamed(f"--json {json_was}", f"--json-out {json_was}")
-        json_out = json_out or json_was
     loaded = [rep.load_summary(p) for p in summaries]
     if plot is not None:
         rep.plot(loaded, plot)  # first: a missing matplotlib stops before anything is written

@@ -28,7 +28,7 @@ def run_local(cfg: JudgeConfig, records: list, stats: JudgeStats, cache=None) ->
     """A local engine (``--engine hf|vllm``, stmed.registry) as the judge; replies are not cached
     (a rerun costs no money)."""
     from stmed.core.generate import GenRequest, SamplingParams
-    from stmed.registry import EngineOptions, open_engine
+    from stmed.engines import EngineOptions, open_engine
 
     backend = open_engine(EngineOptions(engine=cfg.engine, batch_size=cfg.batch_size), cfg.model_spec())
     params = SamplingParams(max_new_tokens=cfg.max_tokens, temperature=cfg.temperature)

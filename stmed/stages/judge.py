@@ -43,9 +43,8 @@ class JudgeConfig:
     temperature: float = opt(0.2, "Judge temperature (paper: 0.2).")
     max_tokens: int = opt(300, "Judge reply length limit (two scores and a short reason).")
     max_side: int = opt(1024, "Longest image side sent to the judge, in pixels.")
-    # auto: ask for JSON (response_format) from api.openai.com only; the old --json auto|on|off reads until the next release
-    response_format: str = opt("auto", "Ask for the reply as JSON (response_format): auto (api.openai.com only) | json | text.",
-                               was="--json", was_values={"on": "json", "off": "text"})
+    # auto: ask for JSON (response_format) from api.openai.com only (was --json auto|on|off: stmed.cli.app.RENAMED)
+    response_format: str = opt("auto", "Ask for the reply as JSON (response_format): auto (api.openai.com only) | json | text.")
     prompt_file: str | None = opt(None, "Template replacing the judge prompt ({question}, {answer_1}, {answer_2}).",
                                   type=Optional[Path], parse=lambda p: str(p) if p else None)
     image_root: Path | None = opt(None, "Folder that relative image paths resolve against.", metavar="DIR")

@@ -1,8 +1,8 @@
 """The vLLM engine (``--engine vllm``): the fast path for generation on GPUs.
 
 It gets the same prompts as the transformers engine, as token ids from stmed's one token path
-(``core.chat.render`` through the model's own chat template, then ``core.tokens.encode``), with
-the image as ``multi_modal_data``; vLLM expands the one image placeholder itself, as the HF
+(``core.prompt.prompt_ids``: the model's own chat template, then the tokenizer), with the image
+as ``multi_modal_data``; vLLM expands the one image placeholder itself, as the HF
 processor does. So the vuser strategy (continuing in the user's role) runs unchanged, and the
 emitted ids come back in every output, for DPO and SFT to train on.
 
@@ -20,9 +20,13 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
-from stmed.core.generate import GenOutput, GenRequest, SamplingParams, cut_at_stop, end_ids, prompt_text
+from stmed.core.generate import GenOutput, GenRequest, SamplingParams, cut_at_stop
+from stmed.core.prompt import encode, end_ids, prompt_ids, prompt_text
+from stmed.engines.base import settings
 from stmed.errors import InputError, loading_model
+from stmed.options import opt
 
 VLLM_SUPPORTED = ("0.32.",)  # vLLM releases whose API this engine was checked against
 
@@ -45,10 +49,23 @@ def _import_vllm():
     return vllm
 
 
+@dataclass
+class VLLMSettings:
+    tensor_parallel_size: int = opt(1, "vllm: GPUs one model copy is split over.", min=1)
+    gpu_memory_utilization: float = opt(0.9, "vllm: share of each GPU's memory vLLM may take.", min=0.05, max=1.0)
+    max_model_len: int | None = opt(None, "vllm: longest prompt + answer, in tokens (default: the model's).")
+    enforce_eager: bool = opt(False, "vllm: no CUDA graphs (slower; less memory and start-up time).",
+                              flags="--enforce-eager")
+
+
 class VLLMEngine:
     """A model loaded once into vLLM in this process, behind stmed's engine interface."""
 
     name = "vllm"
+
+    @classmethod
+    def from_options(cls, options, spec) -> VLLMEngine:
+        return cls(spec, batch_size=options.batch_size, **settings(VLLMSettings, options))
 
     def __init__(self, spec, *, batch_size: int = 256, tensor_parallel_size: int = 1,
                  gpu_memory_utilization: float = 0.9, max_model_len: int | None = None, enforce_eager: bool = False):
@@ -97,11 +114,8 @@ class VLLMEngine:
                 "vllm": self._vllm.__version__}
 
     def prompt_ids(self, req: GenRequest) -> list[int]:
-        """The prompt as token ids with one image placeholder: the transformers engine's prompt
-        text through the tokenizer alone (the processor would expand the placeholder; vLLM does)."""
-        from stmed.core.tokens import encode
-
-        return encode(self.tokenizer, prompt_text(self.processor, req))
+        """The prompt as token ids with one image placeholder (vLLM expands it, as the HF processor would)."""
+        return prompt_ids(self.processor, req)
 
     def _sampling(self, params: SamplingParams, seed: int, **extra):
         greedy = params.greedy
@@ -147,7 +161,6 @@ class VLLMEngine:
         """Log-probability of each choice's first own token right after each prompt, from vLLM's
         prompt log-probs (the prompt extended by that token; the shared prefix is cached)."""
         from stmed.core.generate import divergence
-        from stmed.core.tokens import encode
 
         prompts, sampling, where = [], [], []
         for r, req in enumerate(requests):
