@@ -279,8 +279,9 @@ def _convert(ctx, param, value, where: str):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             try:  # YAML reads `seeds: 42` as a number; the flag takes the text
                 return param.process_value(ctx, str(value))
-            except Exception:
-                pass
+            except Exception as again:
+                if not hasattr(again, "format_message"):
+                    raise
         message = " ".join(e.format_message().split())
         if message.startswith("Invalid value for"):  # the flag's name: the key says it
             message = message.split(": ", 1)[-1]
