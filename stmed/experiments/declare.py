@@ -28,7 +28,7 @@ def load(cls, path: str | Path | None, overrides: dict[str, Any] | None = None, 
     for name, value in (overrides or {}).items():
         old = values.get(name)
         if isinstance(value, dict) and isinstance(old, dict):
-            if all(dataclasses.is_dataclass(v) for v in value.values()):
+            if dataclasses.is_dataclass(typing.get_args(hints[name])[-1]):
                 value = {k: old.get(k, v) for k, v in value.items()}  # a selection: each keeps the file's settings
             else:
                 value = {**old, **value}  # settings: the flag's keys over the file's
@@ -72,9 +72,9 @@ def _lines(node, prefix: str, out: dict[str, int]) -> None:
 
     if isinstance(node, yaml.MappingNode):
         for key, value in node.value:
-            name = prefix + str(key.value).replace("-", "_")
-            out[name] = key.start_mark.line + 1
-            _lines(value, name + ".", out)
+            raw = str(key.value)  # a field's key is looked up with _ for -, a name (vqa-rad) as written
+            out[prefix + raw] = out[prefix + raw.replace("-", "_")] = key.start_mark.line + 1
+            _lines(value, prefix + raw + ".", out)
 
 
 def _fields(cls, data: dict, prefix: str, path: Path, lines: dict, where: dict) -> dict[str, Any]:
@@ -121,6 +121,8 @@ def _typed(value, hint, key: str, path: Path, lines: dict, where: dict):
         if value is None:
             return {}
         if isinstance(value, dict):
+            for k in value:
+                where[f"{key}.{k}"] = f"{path}:{lines.get(f'{key}.{k}', '?')}"
             return {str(k): _typed(v, args[1], f"{key}.{k}", path, lines, where) for k, v in value.items()}
     elif hint is bool:
         if isinstance(value, bool):
