@@ -207,5 +207,7 @@ def test_compare_end_to_end_trains_evaluates_reports_and_a_rerun_skips_it_all(ti
     assert (meta["weight"], meta["seed"], meta["max_steps"]) == ("margin", 42, 2), meta
     assert (out / "weighted" / "vqa-rad.json").is_file() and (out / "base" / "vqa-rad.json").is_file()
     assert r.stderr.count("trained 2 steps (fewer than 5)") == 2, r.stderr[-3000:]
+    resolved = json.loads((out / "compare.json").read_text())
+    assert resolved["variants"] == ["dpo", "weighted"] and resolved["dpo"]["max_steps"] == "2", resolved
     again = run_stmed(*args, timeout=600)
     assert again.returncode == 0 and again.stderr.count("is there, skipping") == 5, again.stderr[-2000:]

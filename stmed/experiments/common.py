@@ -163,7 +163,12 @@ def run_steps(steps: list[Step], *, dry_run: bool = False, after: Callable[[Step
             print(step.shell())
             continue
         say(f"{where} {step.shell()}")
-        rc = subprocess.run([sys.executable, "-m", "stmed.cli", *step.argv]).returncode
+        child = subprocess.Popen([sys.executable, "-m", "stmed.cli", *step.argv])
+        try:
+            rc = child.wait()
+        except KeyboardInterrupt:  # Ctrl-C reached the child too: let it stop its own way (resumable)
+            child.wait()
+            raise
         if rc not in (EXIT_OK, EXIT_SOME_FAILED):  # 1: finished, with bad records in its errors file
             say(f"stopped: the step above exited {rc}; rerun to resume from it")
             return rc
