@@ -193,10 +193,11 @@ def test_reproduce_dry_run_prints_the_steps_beside_the_papers_numbers(tmp_path):
     assert code == 2 and "'path-vqa' is not among the benchmarks" in stderr and "did you mean 'pathvqa'" in stderr
 
 
+@pytest.mark.slow
 def test_compare_end_to_end_trains_evaluates_reports_and_a_rerun_skips_it_all(tiny_model, tmp_path):
     pairs, out = _pairs(tmp_path / "pairs.jsonl"), tmp_path / "cmp"
     args = ["compare", "-m", tiny_model, "--pairs", pairs, "--variants", "dpo,weighted", "--bench", "vqa-rad",
-            "--limit", "4", "-o", out, "--dpo", "max_steps=2", "--dpo", "batch_size=2", "--dpo", "grad_accum=1",
+            "--limit", "4", "-o", out, "--dpo", "max_steps=1", "--dpo", "batch_size=2", "--dpo", "grad_accum=1",
             "--dpo", "lora_r=4", "--dpo", "lora_alpha=8", "--dpo", "quiet=true", "--eval", "max_new_tokens=4",
             "--eval", "bootstrap=0", "--eval", "device=cpu", "--eval", "quiet=true"]
     r = run_stmed(*args, timeout=600)
@@ -204,10 +205,10 @@ def test_compare_end_to_end_trains_evaluates_reports_and_a_rerun_skips_it_all(ti
     report = (out / "report.md").read_text()
     assert report.splitlines()[0].split("|")[3:6] == [" base ", " dpo ", " weighted "], report
     meta = json.loads((out / "weighted" / "_meta.json").read_text())["config"]
-    assert (meta["weight"], meta["seed"], meta["max_steps"]) == ("margin", 42, 2), meta
+    assert (meta["weight"], meta["seed"], meta["max_steps"]) == ("margin", 42, 1), meta
     assert (out / "weighted" / "vqa-rad.json").is_file() and (out / "base" / "vqa-rad.json").is_file()
-    assert r.stderr.count("trained 2 steps (fewer than 5)") == 2, r.stderr[-3000:]
+    assert r.stderr.count("trained 1 step (fewer than 5)") == 2, r.stderr[-3000:]
     resolved = json.loads((out / "compare.json").read_text())
-    assert resolved["variants"] == ["dpo", "weighted"] and resolved["dpo"]["max_steps"] == "2", resolved
+    assert resolved["variants"] == ["dpo", "weighted"] and resolved["dpo"]["max_steps"] == "1", resolved
     again = run_stmed(*args, timeout=600)
     assert again.returncode == 0 and again.stderr.count("is there, skipping") == 5, again.stderr[-2000:]
