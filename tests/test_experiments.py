@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from conftest import EXAMPLE_IMAGES, ROOT, run_stmed
 from stmed.cli import app
 from stmed.errors import InputError
-from stmed.experiments import compare, reproduce
+from stmed.experiments import compare
 from stmed.experiments.common import Bench, Step, run_steps, settings_flags
 from stmed.experiments.declare import load
 from stmed.train.variants import HARD_NEGATIVES, VARIANTS
@@ -48,13 +48,15 @@ def test_a_declaration_loads_typed_and_the_command_line_overrides_it(tmp_path):
     run = load(compare.CompareRun, run_file, {"output": "elsewhere", "benchmarks": {"vqa-rad": Bench()},
                                               "dpo": {"epochs": "2"}}, {"output": "--output"})
     assert run.output == "elsewhere" and run.where["output"] == "--output"
-    assert list(run.benchmarks) == ["vqa-rad"] and run.benchmarks["vqa-rad"].limit == 16, "a selection keeps its settings"
+    assert list(run.benchmarks) == ["vqa-rad"] and run.benchmarks["vqa-rad"].limit == 16, \
+        "a selection keeps its settings"
     assert run.dpo == {"lr": "5e-3", "epochs": "2"}, "a flag's setting is laid over the file's"
 
 
 @pytest.mark.parametrize("text, message", [
     ("model: m\nvaraints: [dpo]\n", r"run.yaml:2: unknown key 'varaints' \(did you mean 'variants'\?\)"),
-    ("benchmarks:\n  vqa-rad: {limt: 3}\n", r"run.yaml:2: unknown key 'benchmarks.vqa-rad.limt' \(did you mean 'limit'\?\)"),
+    ("benchmarks:\n  vqa-rad: {limt: 3}\n",
+     r"run.yaml:2: unknown key 'benchmarks.vqa-rad.limt' \(did you mean 'limit'\?\)"),
     ("seeds: [1, two]\n", r"run.yaml:1: seeds: expected an integer, got \"two\""),
     ("limit: many\n", r"run.yaml:1: limit: expected an integer, got \"many\""),
     ("dpo: [lr]\n", r"run.yaml:1: dpo: expected a mapping of names to settings, got \[\"lr\"\]"),
@@ -162,7 +164,8 @@ def test_dry_run_prints_what_is_left_and_notes_missing_inputs(tmp_path):
     assert code == 0 and not stderr, stderr
     assert [line.split()[:2] for line in lines] == [["stmed", "dpo"], ["stmed", "dpo"], ["#", "done:"],
                                                     ["stmed", "eval"], ["stmed", "eval"], ["stmed", "report"]], lines
-    assert lines[1].endswith("--loss ipo") and "--limit 4 -m m --name base" in lines[2] and lines[3].endswith("--max-new-tokens 8 --quiet")
+    assert lines[1].endswith("--loss ipo") and "--limit 4 -m m --name base" in lines[2]
+    assert lines[3].endswith("--max-new-tokens 8 --quiet"), lines[3]
     assert not out.joinpath("dpo").exists(), "a dry run writes nothing"
     code, _, stderr = _invoke("compare", run_file, "--dry-run", "--pairs", tmp_path / "none.jsonl")
     assert code == 0 and "compare: missing: --pairs: " in stderr, stderr
@@ -180,7 +183,8 @@ def test_reproduce_dry_run_prints_the_steps_beside_the_papers_numbers(tmp_path):
     assert code == 0 and "missing: --release: " in stderr and "missing: --vision-tower: " in stderr, stderr
     assert "slake open 46.69 / closed 57.69" in stderr and "pathvqa open 11.92 / closed 52.90" in stderr
     lines = stdout.splitlines()
-    assert lines[0] == f"stmed convert {tmp_path}/none -o {tmp_path}/out/stllava-med-7b-hf --vision-tower {tmp_path}/clip"
+    convert = f"stmed convert {tmp_path}/none -o {tmp_path}/out/stllava-med-7b-hf --vision-tower {tmp_path}/clip"
+    assert lines[0] == convert, lines
     assert [x.split()[3] for x in lines[1:4]] == ["vqa-rad", "slake", "pathvqa"] and lines[4].startswith("stmed report")
     for folder in ("none", "clip"):
         (tmp_path / folder).mkdir()

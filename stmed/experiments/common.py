@@ -8,7 +8,6 @@ run under the same Python and environment as the command that started them, what
 
 from __future__ import annotations
 
-import dataclasses
 import shlex
 import subprocess
 import sys
@@ -176,11 +175,6 @@ def run_steps(steps: list[Step], *, dry_run: bool = False, after: Callable[[Step
         if after is not None:
             after(step)
     return code
-
-
-def fields_of(run) -> dict[str, Any]:
-    """The run as it was resolved (saved beside its outputs)."""
-    return {f.name: getattr(run, f.name) for f in dataclasses.fields(run) if f.init}
 
 
 def where_field():

@@ -72,7 +72,8 @@ def check(run: CompareRun, known: dict[str, Collection[str]]) -> None:
     every = [*VARIANTS, HARD_NEGATIVES]
     for name in run.chosen():
         if name not in every:
-            raise InputError(f"{where}: unknown variant {name!r}{did_you_mean(name, every)}; choose from {', '.join(every)}")
+            raise InputError(f"{where}: unknown variant {name!r}{did_you_mean(name, every)}; "
+                             f"choose from {', '.join(every)}")
     if not run.chosen():
         raise InputError(f"{where}: no variants")
     if len(set(run.chosen())) != len(run.chosen()):
