@@ -119,10 +119,10 @@ HARD_PAIRS ?=                                    # stmed judge --hard-negative c
 VARIANTS ?=                                      # comma list; default: every variant (stmed compare --help)
 BENCH    ?=                                      # comma list; default: the declaration's
 COMPARE_OUT ?=                                   # default: the declaration's (runs/compare)
-# MODEL reaches compare only when given on the command line (its default is make selftrain's)
+# MODEL reaches compare only when given (on the command line or in the environment): its default is make selftrain's
 compare: $(STAMP)
 	$(BIN)/python -m stmed.cli compare $(COMPARE_RUN) \
-	  $(if $(filter command line,$(origin MODEL)),$(call set_flag,--model,$(MODEL))) \
+	  $(if $(filter file,$(origin MODEL)),,$(call set_flag,--model,$(MODEL))) \
 	  $(call set_flag,--pairs,$(PAIRS)) $(call set_flag,--hard-pairs,$(HARD_PAIRS)) \
 	  $(call set_flag,--variants,$(VARIANTS)) $(call set_flag,--bench,$(BENCH)) $(call set_flag,--output,$(COMPARE_OUT))
 

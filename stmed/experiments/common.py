@@ -110,7 +110,7 @@ def eval_argv(name: str, bench: Bench, limit: int | None) -> list[str]:
 
 
 def settings_flags(settings: dict[str, Any], known: Collection[str] = ()) -> list[str]:
-    """``{lr: 5e-3, merge: true, loss: [sigmoid, sft]}`` as ``--lr 0.005 --merge --loss sigmoid,sft``;
+    """``{lr: 5e-3, merge: true, loss: [sigmoid, sft]}`` as ``--lr 5e-3 --merge --loss sigmoid,sft``;
     false is ``--no-NAME`` where the command has it (else the switch is left off)."""
     argv: list[str] = []
     for key, value in settings.items():

@@ -29,6 +29,13 @@ EVAL_OWN = {"model": "model", "output": "output", "summary": "output", "name": "
             "data": "benchmarks.NAME.data", "limit": "limit or benchmarks.NAME.limit"}
 
 
+def _dpo_seed() -> int:
+    """stmed dpo's own default seed: a comparison of one seed trains as a plain dpo run would."""
+    from stmed.train.common import DPOConfig
+
+    return DPOConfig.seed
+
+
 @dataclass
 class CompareRun:
     # What `make demo` writes (examples/demo.sh): its tiny model and its round-1 pairs.
@@ -43,7 +50,7 @@ class CompareRun:
                                        flags="--bench", type=str, parse=bench_names,
                                        factory=lambda: {"vqa-rad": Bench(), "slake": Bench()})
     seeds: list[int] = opt(help="Comma list of training seeds: each variant once per seed.", type=str,
-                           parse=ints("--seeds"), factory=lambda: [42])  # stmed dpo's seed
+                           parse=ints("--seeds"), factory=lambda: [_dpo_seed()])
     limit: int | None = opt(None, "Only the first N items of every benchmark (over the file's limits).", min=1)
     output: str = opt("runs/compare", "Output folder: OUT/<variant>/ (model), OUT/<variant>/<bench>.json, "
                       "OUT/report.md.", flags=("-o", "--output"))
