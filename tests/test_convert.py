@@ -417,26 +417,6 @@ def test_a_string_content_template_renders_image_turns_as_the_original_code(conv
     assert "<image>" in shown["prompt_tokens"] and "[/INST]" in "".join(shown["prompt_tokens"]).replace("▁", " ")
 
 
-def test_reproduce_paper_dry_run_prints_the_commands_and_checks_the_inputs(tmp_path, tools_path):
-    import subprocess
-    import sys
-
-    from conftest import ROOT
-
-    script = ROOT / "tools" / "reproduce_paper.py"
-    r = subprocess.run([sys.executable, script, "--dry", f"STLLAVA={tmp_path}/none", f"CLIP={tmp_path}/clip",
-                        "PATHVQA=hub", f"OUT={tmp_path}/out"], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0 and "missing: STLLAVA=" in r.stderr and "missing: CLIP=" in r.stderr, r.stderr
-    assert "slake open 46.69 / closed 57.69" in r.stderr and "pathvqa open 11.92 / closed 52.90" in r.stderr
-    lines = r.stdout.splitlines()
-    assert lines[0].startswith(f"stmed convert {tmp_path}/none -o {tmp_path}/out/stllava-med-7b-hf --vision-tower")
-    assert [x.split()[3] for x in lines[1:4]] == ["vqa-rad", "slake", "pathvqa"] and lines[4].startswith("stmed report")
-    original(tmp_path / "orig", tmp_path / "clip")
-    r = subprocess.run([sys.executable, script, "--dry", f"STLLAVA={tmp_path}/orig", f"CLIP={tmp_path}/clip",
-                        "PATHVQA=hub", f"OUT={tmp_path}/out"], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0 and "missing:" not in r.stderr, r.stderr
-
-
 def test_stllava_med_as_released_a_cluster_projector_over_llava_15(tmp_path, tools_path):
     """ZachSun/stllava-med-7b as its builder.py loads it: LoRA + non_lora_trainables.bin (the cluster
     projector) over liuhaotian/llava-v1.5-7b (an mlp2x_gelu projector, replaced)."""
