@@ -12,13 +12,11 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 
+from stmed.api.openai_client import API_KEY_ENV, BASE_URL_HELP, CONCURRENCY  # the client's defaults, declared there
 from stmed.errors import InputError, did_you_mean
 from stmed.options import opt
 
 GENERATE, JUDGE = "generate", "judge"
-API_KEY_ENV = "OPENAI_API_KEY"
-CONCURRENCY = 16
-BASE_URL_HELP = "Server URL of an OpenAI-compatible API, e.g. http://127.0.0.1:8000/v1 (default: api.openai.com)."
 
 
 @dataclass(frozen=True)

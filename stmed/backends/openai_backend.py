@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-from stmed.backends import ChatRequest
-from stmed.backends.openai_client import OpenAIClient, OpenAIConfig, RequestFailed
+from stmed.api import ChatRequest
+from stmed.api.openai_client import OpenAIClient, OpenAIConfig, RequestFailed
 from stmed.images import encode_for_api
 
 

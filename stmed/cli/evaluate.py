@@ -66,7 +66,7 @@ def _open_judge(cfg: OpenJudgeConfig):
     """The open-answer judge --open-judge asks for (None without it), its key and prices checked."""
     if not cfg.enabled:
         return None
-    from stmed.backends.openai_client import api_key_from_env
+    from stmed.api.openai_client import api_key_from_env
     from stmed.errors import InputError
     from stmed.evaluation.open_judge import OpenJudge, open_cache
     from stmed.judge.cost import load_prices

@@ -48,7 +48,7 @@ def judge(
     table = load_prices(prices, price, cfg.judge_model)
     local = cfg.local_model
     if cfg.asks and not local and not cfg.collect and not cfg.prepare_only:
-        from stmed.backends.openai_client import api_key_from_env
+        from stmed.api.openai_client import api_key_from_env
 
         api_key_from_env(cfg.api_key_env, cfg.base_url)  # a missing key stops here, before any file is opened
     records = c.select(c.open_input(input, nonempty=True), shard=shard, limit=limit)

@@ -141,7 +141,7 @@ class OpenJudge:
     """Grades the open items of a list; ``stats`` and ``failures`` add up over every call."""
 
     def __init__(self, cfg: OpenJudgeConfig, *, cache=None, prices: dict | None = None):
-        from stmed.backends.openai_client import OpenAIClient, OpenAIConfig
+        from stmed.api.openai_client import OpenAIClient, OpenAIConfig
 
         self.cfg, self.prices = cfg, prices or {}
         self.client = OpenAIClient(OpenAIConfig(
@@ -160,7 +160,7 @@ class OpenJudge:
     def grade(self, items: list[dict]) -> list[dict]:
         """``items`` with ``scores.open_judge`` and an ``open_judge`` record on each open item that
         lacks a score by this judge; closed items and already judged ones come back unchanged."""
-        from stmed.backends.openai_client import drive
+        from stmed.api.openai_client import drive
 
         todo = [i for i, it in enumerate(items) if is_open(it) and not kept_score(it, self.cfg.describe())]
         if not todo:
@@ -186,7 +186,7 @@ class OpenJudge:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _one(self, i: int, item: dict) -> tuple[int, dict]:
-        from stmed.backends import ChatRequest
+        from stmed.api import ChatRequest
 
         made = self.cfg.describe()
         req = ChatRequest([{"role": "user", "content": prompt_for(item)}], temperature=0.0, max_tokens=MAX_TOKENS,
@@ -230,7 +230,7 @@ class OpenJudge:
 
 def summary(cfg: OpenJudgeConfig, figures: dict, prices: dict) -> dict:
     """The summary JSON's ``open_judge`` block: who judged, what it cost."""
-    from stmed.backends import Usage
+    from stmed.api import Usage
 
     usage = Usage(figures.get("prompt_tokens", 0), figures.get("completion_tokens", 0))
     cost = JudgeStats(usage=usage).cost(cfg.model, prices)

@@ -13,7 +13,7 @@ import sqlite3
 import time
 from pathlib import Path
 
-from stmed.backends import ChatResult, Usage
+from stmed.api import ChatResult, Usage
 from stmed.errors import InputError
 
 MIGRATIONS = [

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from stmed.backends import ChatRequest
+from stmed.api import ChatRequest
 from stmed.errors import RecordError
 from stmed.images import encode_for_api
 from stmed.judge.cost import JudgeStats

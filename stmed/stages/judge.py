@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Optional
 
 from stmed import registry
-from stmed.registry import API_KEY_ENV, BASE_URL_HELP, CONCURRENCY
-from stmed.backends import Usage
+from stmed.api import Usage
+from stmed.api.openai_client import ClientSettings, client_flag
 from stmed.core.model import ModelSpec
 from stmed.errors import InputError
 from stmed.judge.cost import JudgeStats
@@ -35,9 +35,10 @@ class JudgeConfig:
     backend: str = opt("openai", "openai (any OpenAI-compatible server) | batch (OpenAI Batch API) | local (a VLM here).")
     judge_model: str = opt("gpt-4o", "Served model name, or for local a HF id or folder (paper: gpt-4o).",
                            flags="--judge-model")
-    base_url: str | None = opt(None, BASE_URL_HELP)  # None is api.openai.com
-    api_key_env: str = opt(API_KEY_ENV, "Environment variable holding the API key.")
-    concurrency: int = opt(CONCURRENCY, "Requests in flight.", min=1)
+    # the client's settings (ClientSettings holds their defaults and help); None is api.openai.com
+    base_url: str | None = client_flag("base_url")
+    api_key_env: str = client_flag("api_key_env")
+    concurrency: int = client_flag("concurrency")
     policy: str = opt("swap", "swap: judge both orders, keep agreeing pairs | paper: the original single-order rule.")
     min_margin: float = opt(1.0, "swap: averaged score gap (1-10 scale) a pair needs.")
     temperature: float = opt(0.2, "Judge temperature (paper: 0.2).")
@@ -48,9 +49,9 @@ class JudgeConfig:
     prompt_file: str | None = opt(None, "Template replacing the judge prompt ({question}, {answer_1}, {answer_2}).",
                                   type=Optional[Path], parse=lambda p: str(p) if p else None)
     image_root: Path | None = opt(None, "Folder that relative image paths resolve against.")
-    timeout: float = opt(120.0, "Seconds for one HTTP attempt.")
-    max_request_seconds: float = opt(600.0, "Seconds for all retries of one request.", flags="--max-request-time")
-    backoff_initial: float = 1.0
+    timeout: float = client_flag("timeout")
+    max_request_seconds: float = client_flag("max_request_seconds")
+    backoff_initial: float = ClientSettings.backoff_initial
     # local backend: the judge model's loading flags (adapter, device, dtype, ...) are the shared model flags
     local: ModelSpec = field(default_factory=ModelSpec)
     engine: str = opt("hf", "local: the engine the judge model runs on: hf (transformers) | vllm.")
@@ -97,6 +98,12 @@ class JudgeConfig:
         if self.local_model:  # a local model reads plain text
             return False
         return self.json_mode == "on" or (self.json_mode == "auto" and self.base_url is None)
+
+    def client_settings(self) -> ClientSettings:
+        """How the openai and batch backends reach the server."""
+        return ClientSettings(base_url=self.base_url, api_key_env=self.api_key_env, concurrency=self.concurrency,
+                              timeout=self.timeout, max_request_seconds=self.max_request_seconds,
+                              backoff_initial=self.backoff_initial)
 
     def model_spec(self) -> ModelSpec:
         """The local judge model, loaded by its engine (--engine) like any other model."""
