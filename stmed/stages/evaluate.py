@@ -194,7 +194,7 @@ def evaluate(cfg: EvalConfig, data, items: list[Record], files: Files, *, engine
 
 def _judged(outcomes: Iterable[Outcome], judge, chunk: int | None = None) -> Iterator[Outcome]:
     """The outcomes with their open items judged, a chunk at a time so requests run concurrently."""
-    chunk = chunk or max(64, 4 * judge.cfg.concurrency)
+    chunk = chunk or judge.chunk
     pending: list[Outcome] = []
 
     def flush() -> Iterator[Outcome]:

@@ -22,6 +22,7 @@ from stmed.api import Usage
 from stmed.api.openai_client import ClientSettings, client_flag
 from stmed.core.model import ModelSpec
 from stmed.errors import InputError
+from stmed.judge.batch import BatchOptions
 from stmed.judge.cost import JudgeStats
 from stmed.judge.prompt import JudgePrompt
 from stmed.judge.verdict import POLICIES
@@ -62,9 +63,9 @@ class JudgeConfig:
     prepare_only: bool = opt(False, "batch: write request files and stop (for vllm run-batch).", flags="--prepare-only")
     collect: list[str] = opt(help="batch: build pairs from this Batch output file (repeatable).", factory=list,
                              type=Optional[list[Path]], parse=lambda ps: [str(p) for p in ps or []], flag_default=None)
-    poll_interval: float = opt(30.0, "batch: seconds between status polls.")
-    max_batch_requests: int = 50_000  # OpenAI's per-file limit
-    max_batch_bytes: int = 190 * 1024 * 1024  # under OpenAI's 200 MB file limit
+    poll_interval: float = opt(BatchOptions.poll_interval, "batch: seconds between status polls.")
+    max_batch_requests: int = BatchOptions.max_requests
+    max_batch_bytes: int = BatchOptions.max_bytes
     # hard negatives (stmed.stages.hard_negative): the rejected side is the corrupted image's answer
     hard_negative: str | None = opt(None, "corrupt: pair each record's first answer (chosen) with its first answer on "
                                     "the corrupted image (rejected), from stmed answer --corrupt.")
