@@ -13,7 +13,7 @@ from stmed.cli import common as c
 from stmed.cli.app import app
 from stmed.core.model import ModelSpec
 from stmed.options import options
-from stmed.stages.judge import JudgeConfig
+from stmed.judge.config import JudgeConfig
 from stmed.stages.runner import Files
 
 Opt = typer.Option

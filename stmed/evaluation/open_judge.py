@@ -29,7 +29,7 @@ from typing import Optional
 
 from stmed.api import ChatRequest, Usage
 from stmed.api.openai_client import ClientSettings, client_flag
-from stmed.judge.batch import BatchOptions
+from stmed.judge.config import BatchOptions
 from stmed.judge.core import JudgeCore, Reply
 from stmed.judge.cost import JudgeStats
 from stmed.options import opt
@@ -222,7 +222,7 @@ class OpenJudge:
         return out
 
     def _ask_batch(self, items: list[dict], requests: list[ChatRequest]) -> list[Reply]:
-        from stmed.judge.batch import BatchOptions, BatchRound, custom_id
+        from stmed.judge.batch import BatchRound, custom_id
 
         batch = BatchRound(self.core, BatchOptions(self.batch_dir or Path("stmed-open-judge.batch"),
                                                    self.core.settings, poll_interval=self.cfg.open_judge_poll_interval))

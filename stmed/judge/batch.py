@@ -18,21 +18,17 @@ import json
 import sys
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from stmed.api import ChatRequest, ChatResult
-from stmed.api.openai_client import ClientSettings, api_key_from_env, describe, is_transient, redact, request_body
+from stmed.api.openai_client import api_key_from_env, describe, is_transient, redact, request_body
 from stmed.errors import InputError
+from stmed.judge.config import BatchOptions, JudgeConfig
 from stmed.judge.common import Judgement, Outcome, decide, orders, outcome, prepare_or_decide, request_for
 from stmed.judge.core import JudgeCore, Reply
 from stmed.judge.cost import JudgeStats
 from stmed.judge.verdict import parse_scores
 from stmed.records import dumps, write_json
-
-if TYPE_CHECKING:
-    from stmed.stages.judge import JudgeConfig
 
 ENDPOINT = "/v1/chat/completions"
 TERMINAL = {"completed", "failed", "expired", "cancelled"}
@@ -106,19 +102,6 @@ def read_outputs(paths: list[str | Path]) -> dict[str, tuple[ChatResult | None, 
                     msg = body["error"].get("message")
                 replies[cid] = (None, f"batch request failed: {msg or resp.get('status_code') or 'no reply'}")
     return replies
-
-
-@dataclass
-class BatchOptions:
-    """Where a round's files go and how they are sent (``judge --backend batch``'s flags)."""
-
-    folder: Path
-    client: ClientSettings = field(default_factory=ClientSettings)
-    max_requests: int = 50_000  # OpenAI's per-file limit
-    max_bytes: int = 190 * 1024 * 1024  # under OpenAI's 200 MB file limit
-    poll_interval: float = 30.0  # seconds between status polls
-    prepare_only: bool = False  # write the request files and stop (for vllm run-batch)
-    collected: dict | None = None  # replies already read from output files (--collect): nothing is sent
 
 
 class BatchRound:

@@ -21,7 +21,7 @@ from stmed.judge.cost import JudgeStats
 from stmed.judge.prompt import JudgePrompt
 
 if TYPE_CHECKING:
-    from stmed.stages.judge import JudgeConfig
+    from stmed.judge.config import JudgeConfig
 
 
 def local_core(model: str, engine: str, spec, batch_size: int, stats: JudgeStats | None = None) -> JudgeCore:

@@ -16,7 +16,7 @@ from stmed.judge.cost import JudgeStats
 from stmed.judge.verdict import parse_scores
 
 if TYPE_CHECKING:
-    from stmed.stages.judge import JudgeConfig
+    from stmed.judge.config import JudgeConfig
 
 
 def run_online(cfg: JudgeConfig, records: list, stats: JudgeStats, cache) -> Iterator[Outcome]:

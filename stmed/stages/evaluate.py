@@ -18,8 +18,8 @@ from stmed import __version__
 from stmed.errors import InputError, did_you_mean
 from stmed.evaluation.metrics import aggregate, per_item, score_item
 from stmed.options import MAX_PIXELS_HELP, opt
-from stmed.records import Record, read_records
-from stmed.stages.runner import Files, Outcome, run_stage
+from stmed.records import Outcome, Record, read_records
+from stmed.stages.runner import Files, run_stage
 
 PROMPT_VERSIONS = {"free": "1", "short": "1"}
 
