@@ -1,5 +1,6 @@
 """Errors a user can cause, and the exit codes every command shares (DESIGN.md section 4)."""
 
+import sys
 from contextlib import contextmanager
 
 EXIT_OK = 0  # every record done
@@ -32,6 +33,11 @@ def did_you_mean(word: str, choices) -> str:
 
     close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def renamed(old: str, new: str) -> None:
+    """One line on stderr for an old spelling that still works, for one more release."""
+    print(f"stmed: note: {old} is now {new}; the old spelling goes in the next release", file=sys.stderr)
 
 
 @contextmanager

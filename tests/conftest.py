@@ -17,13 +17,37 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the Hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def run_root(tmp_path_factory) -> Path:
+    """A folder the whole run shares: under pytest-xdist every worker has its own base temp
+    folder inside the run's, so the parent is common to them all."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """``build(folder)`` run once per test run, whichever worker gets there first; the others wait
+    for it and share the folder (tests only read it). Built beside and renamed, so a worker never
+    sees half a model."""
+    from filelock import FileLock
+
+    root = run_root(tmp_path_factory) / "shared"
+    root.mkdir(exist_ok=True)
+    target = root / name
+    with FileLock(str(root / f"{name}.lock")):
+        if not target.exists():
+            part = root / f"{name}.part"
+            build(part)
+            os.rename(part, target)
+    return target
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """A tiny random LLaVA saved to disk by tools/make_tiny_model.py, as users would build it."""
     sys.path.insert(0, str(ROOT / "tools"))
     from make_tiny_model import build
 
-    return build(tmp_path_factory.mktemp("models") / "tiny-llava", seed=0)
+    return built_once(tmp_path_factory, "tiny-llava", lambda folder: build(folder, seed=0))
 
 
 @pytest.fixture(scope="session")

@@ -64,8 +64,8 @@ LAYERS = [
     ["stmed.stages"],
     ["stmed.evaluation"],
     ["stmed.judge"],
+    ["stmed.engines"],
     ["stmed.registry"],
-    ["stmed.backends"],
     ["stmed.core"],
     ["stmed.api"],
     ["stmed.distributed", "stmed.images"],
@@ -134,8 +134,7 @@ def test_registry_names_and_capabilities():
 
     assert registry.lookup("hf").continues_as_user and registry.lookup("hf").logprobs
     assert not registry.lookup("openai").continues_as_user
-    assert registry.lookup("local", registry.JUDGE) is registry.lookup("hf", registry.JUDGE)
-    assert set(registry.names(registry.JUDGE)) == {"hf", "openai", "batch", "local"}
+    assert registry.names(registry.JUDGE) == ["openai", "batch", "local"], "judge --backend is the transport only"
     assert registry.lookup("vllm").continues_as_user and registry.lookup("vllm").logprobs
     with pytest.raises(InputError, match=r"--engine 'opnai': unknown \(did you mean 'openai'\?\)"):
         registry.lookup("opnai")
@@ -163,9 +162,9 @@ def test_unknown_backend_and_vuser_on_a_server_are_one_line_before_any_output(tm
     inp = tmp_path / "q.jsonl"
     inp.write_text('{"id": "a", "image": "x.png"}\n')
     out = tmp_path / "out.jsonl"
-    r = run_stmed("gen-questions", inp, "-m", "served", "--backend", "openai", "-o", out)
+    r = run_stmed("gen-questions", inp, "-m", "served", "--engine", "openai", "-o", out)
     assert r.returncode == 2 and "--strategy vuser needs raw prompt continuation, which --engine openai" in r.stderr
-    r = run_stmed("answer", inp, "-m", str(tiny_model), "--backend", "hff", "-o", out)
+    r = run_stmed("answer", inp, "-m", str(tiny_model), "--engine", "hff", "-o", out)
     assert r.returncode == 2 and "did you mean 'hf'" in r.stderr and r.stderr.count("\n") == 1
     assert not out.exists(), "a bad flag stops before any output is written"
 

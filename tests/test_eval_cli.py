@@ -178,7 +178,7 @@ def test_openai_backend_end_to_end(tmp_path):
 
     out, summary = tmp_path / "items.jsonl", tmp_path / "s.json"
     with serve() as server:
-        proc = run_stmed("eval", "--backend", "openai", "--base-url", server.base_url, "-m", "served-model",
+        proc = run_stmed("eval", "--engine", "openai", "--base-url", server.base_url, "-m", "served-model",
                          "--bench", "vqa-rad", "--data", RAD, "--limit", "4", "-o", out, "--summary", summary,
                          "--bootstrap", "0", env={"OPENAI_API_KEY": "sk-test-not-a-secret"})
         assert proc.returncode == 0, proc.stderr

@@ -128,9 +128,10 @@ def check_records_run(code: int, stderr: str, src: Path, out: Path, before: tupl
         assert not errors.exists()
 
 
-def remote(server, src: Path) -> list:
-    """The loopback server as the engine, and the images' folder as --image-root ("../" paths escape it)."""
-    return ["--backend", "openai", "--base-url", server.base_url, "--image-root", src.parent / "images"]
+def remote(server, src: Path, flag: str = "--engine") -> list:
+    """The loopback server as the engine (the judge's backend), and the images' folder as
+    --image-root ("../" paths escape it)."""
+    return [flag, "openai", "--base-url", server.base_url, "--image-root", src.parent / "images"]
 
 
 def stage_argv(command: str, src: Path, out: Path, server) -> list:
@@ -139,7 +140,7 @@ def stage_argv(command: str, src: Path, out: Path, server) -> list:
     if command == "answer":
         return ["answer", src, "-m", "policy", *remote(server, src), "-n", "2", "-o", out, "-q"]
     if command == "judge":
-        return ["judge", src, *remote(server, src), "--judge-model", "gpt-4o", "--no-cache", "-o", out, "-q"]
+        return ["judge", src, *remote(server, src, "--backend"), "--judge-model", "gpt-4o", "--no-cache", "-o", out, "-q"]
     if command == "eval":
         return ["eval", "--bench", "jsonl", "--data", src, "-m", "policy", *remote(server, src), "--bootstrap", "0",
                 "-o", out, "-q"]

@@ -291,7 +291,7 @@ def test_template_without_question_placeholder_exits_2(question_file, tiny_model
 
 def test_openai_backend_refuses_vuser(image_dir, tmp_path):
     out = tmp_path / "q.jsonl"
-    proc = run_stmed("gen-questions", image_dir, "-m", "policy", "--backend", "openai",
+    proc = run_stmed("gen-questions", image_dir, "-m", "policy", "--engine", "openai",
                      "--base-url", "http://127.0.0.1:9/v1", "--strategy", "vuser", "-o", out)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.splitlines()
@@ -308,7 +308,7 @@ def test_openai_backend_instruct_questions_then_answers(image_dir, tmp_path):
 
     n_images = len(list_images(image_dir))
     questions, answers = tmp_path / "q.jsonl", tmp_path / "a.jsonl"
-    remote = ("--backend", "openai", "-m", "policy", "--concurrency", "4")
+    remote = ("--engine", "openai", "-m", "policy", "--concurrency", "4")
     with serve() as server:
         proc = run_stmed("gen-questions", image_dir, *remote, "--base-url", server.base_url, "--strategy", "instruct",
                          "-n", "2", "-o", questions)
@@ -346,11 +346,11 @@ def test_clean_question(raw, question):
 
 def test_duplicates_and_empty_questions_are_resampled_a_bounded_number_of_times(tiny_model, image_dir):
     """One-token questions are mostly too short or repeated: they are dropped, counted and drawn again."""
-    from stmed.core.backend import HFBackend
+    from stmed.engines.hf import HFEngine
     from stmed.core.model import ModelSpec
     from stmed.stages import questions
 
-    backend = HFBackend(ModelSpec(str(tiny_model), device="cpu"))
+    backend = HFEngine(ModelSpec(str(tiny_model), device="cpu"))
     records = questions.image_records(image_dir)
     cfg = questions.QuestionsConfig(n=4, max_new_tokens=1, describe_max_new_tokens=4, max_tries=3)
     outcomes = list(questions.run(cfg, backend, records))

@@ -462,7 +462,7 @@ def test_stdin_input_under_a_launcher_is_refused(tiny_model, tmp_path):
 def test_stdout_output_under_a_launcher_is_refused(tmp_path):
     """Parts live beside -o FILE. (--backend openai: no model to load, no request is ever sent.)"""
     q = write_jsonl(tmp_path / "q.jsonl", [{"id": "a", "image": images(1)[0], "question": "What?"}])
-    proc = subprocess.run([*launcher(), "-m", "stmed.cli", "answer", str(q), "-m", "served", "--backend", "openai",
+    proc = subprocess.run([*launcher(), "-m", "stmed.cli", "answer", str(q), "-m", "served", "--engine", "openai",
                            "--base-url", "http://127.0.0.1:9/v1"], cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, **ENV, "OPENAI_API_KEY": "unused"}, timeout=300)
     assert proc.returncode != 0 and "needs -o FILE" in proc.stderr, proc.stderr[-2000:]

@@ -223,13 +223,13 @@ def server():
 
 
 def argv(command: str, src: Path, out: Path, tiny: Path, base_url: str) -> list:
-    remote = ("--backend", "openai", "--base-url", base_url)
+    remote = ("--engine", "openai", "--base-url", base_url)
     if command == "gen-questions":  # the remote policy needs the instruct strategy
         return ["gen-questions", src, "-m", "policy", *remote, "--strategy", "instruct", "-n", "1", "-o", out]
     if command == "answer":
         return ["answer", src, "-m", "policy", *remote, "-o", out]
     if command == "judge":
-        return ["judge", src, *remote, "--judge-model", "gpt-4o", "--no-cache", "-o", out]
+        return ["judge", src, "--backend", *remote[1:], "--judge-model", "gpt-4o", "--no-cache", "-o", out]
     if command == "eval":
         return ["eval", "--bench", "jsonl", "--data", src, "-m", "policy", *remote, "--bootstrap", "0", "-o", out]
     if command == "dpo":

@@ -54,7 +54,7 @@ def run(tmp_path_factory) -> Path:
         shutil.copy(p, images / p.name)
     shutil.copy(CT, images / "ct.dcm")
     (images / "broken.jpg").write_bytes((EXAMPLE_IMAGES / "synpic33378.jpg").read_bytes()[:300])
-    remote = ("--backend", "openai", "-m", "policy", "--concurrency", "4")
+    remote = ("--engine", "openai", "-m", "policy", "--concurrency", "4")
     with serve() as server:
         proc = run_stmed("gen-questions", images, *remote, "--base-url", server.base_url, "--strategy", "instruct",
                          "-n", "2", "-o", d / "questions.jsonl")

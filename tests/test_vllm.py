@@ -97,7 +97,7 @@ def test_greedy_ids_equal_the_transformers_engines(family, hf):
 
 
 def test_samples_are_stable_across_batch_mates_and_every_request_has_its_own_seed(family):
-    from stmed.core.vllm_engine import request_seed
+    from stmed.engines.vllm import request_seed
 
     name, _, probe = family
     for key in probe["alone"]:

@@ -40,7 +40,7 @@ def main(model: str, out: str) -> None:
 
     from stmed.core.generate import SamplingParams
     from stmed.core.model import ModelSpec
-    from stmed.core.vllm_engine import VLLMEngine
+    from stmed.engines.vllm import VLLMEngine
 
     engine = VLLMEngine(ModelSpec(model, device="cpu"), max_model_len=2048)
     sent: list = []
@@ -79,7 +79,7 @@ def with_adapter(model: str, adapter: str, out: str) -> None:
 
     from stmed.core.generate import SamplingParams
     from stmed.core.model import ModelSpec
-    from stmed.core.vllm_engine import VLLMEngine
+    from stmed.engines.vllm import VLLMEngine
 
     engine = VLLMEngine(ModelSpec(model, adapter=adapter, device="cpu"), max_model_len=2048)
     reqs = requests()

@@ -61,7 +61,7 @@ def build_model(gpu: bool, folder: Path) -> Path:
 
 def run_engine(name: str, model: Path, records, lengths: dict, batch: int, gpu: bool) -> dict:
     from stmed.core.model import ModelSpec
-    from stmed.registry import EngineOptions, open_engine
+    from stmed.engines import EngineOptions, open_engine
 
     spec = ModelSpec(str(model), device="cuda" if gpu else "cpu")
     options = EngineOptions(engine=name, batch_size=batch, static_cache=False,

@@ -2,8 +2,8 @@
 client (``openai_client``: one dataclass of client settings, tenacity retries).
 
 The shared interface for "a model that generates from (image, messages)" is
-``stmed.core.backend.Backend``; the openai engine (``stmed.backends.openai_backend``) implements
-it on top of ``openai_client.OpenAIClient``. The LLM-judge core (stmed.judge.core), its cache and
+``stmed.engines.base.Engine``; the openai engine (``stmed.engines.openai.OpenAIEngine``)
+implements it on top of ``openai_client.OpenAIClient``. The LLM-judge core (stmed.judge.core), its cache and
 its Batch API files work one level lower, on ``ChatRequest``/``ChatResult``, because they need
 the exact request body (for cache keys and batch files) and the token usage of every reply.
 """

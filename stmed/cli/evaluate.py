@@ -13,7 +13,7 @@ from stmed.cli.app import app
 from stmed.core.model import ModelSpec
 from stmed.evaluation.open_judge import OpenJudgeConfig
 from stmed.options import options
-from stmed.registry import EngineOptions
+from stmed.engines import EngineOptions
 from stmed.stages.evaluate import EvalConfig
 from stmed.stages.runner import Files
 
@@ -40,7 +40,7 @@ def eval_(
     from stmed.distributed import world
     from stmed.evaluation import benchmarks
     from stmed.records import select
-    from stmed.registry import open_engine
+    from stmed.engines import open_engine
     from stmed.stages.evaluate import evaluate
 
     if (model is None) == (predictions is None):

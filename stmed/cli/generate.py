@@ -11,7 +11,7 @@ from stmed.cli import common as c
 from stmed.cli.app import app
 from stmed.core.model import ModelSpec
 from stmed.options import options
-from stmed.registry import EngineOptions
+from stmed.engines import EngineOptions
 from stmed.stages import answers, questions
 from stmed.stages.answers import AnswersConfig
 from stmed.stages.questions import QuestionsConfig
@@ -27,7 +27,7 @@ def gen_questions(
     limit: c.Limit = None, shard: c.Shard = None,
 ) -> int:
     """Describe each image, then ask N questions about it as the model's own virtual user."""
-    from stmed.registry import open_engine
+    from stmed.engines import open_engine
 
     questions.check(cfg, engine_opts.engine)
     records = c.select(c.open_input(input, folder_ok=True, nonempty=True), shard=shard, limit=limit)
@@ -42,7 +42,7 @@ def gen_questions(
 def answer(input: c.Input, model: c.Model, cfg: AnswersConfig, spec: ModelSpec, engine_opts: EngineOptions, files: Files,
            limit: c.Limit = None, shard: c.Shard = None) -> int:
     """Sample N answers to each question, each with its own recorded seed."""
-    from stmed.registry import open_engine
+    from stmed.engines import open_engine
 
     records = c.select(c.open_input(input, nonempty=True), shard=shard, limit=limit)
     backend = open_engine(engine_opts, replace(spec, model=model))

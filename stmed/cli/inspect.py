@@ -21,7 +21,7 @@ from stmed.options import options
 def inspect(
     image: Annotated[Path, typer.Argument(help="An image file: JPEG, PNG, TIFF, BMP, WebP or DICOM.")],
     model: c.Model, spec: ModelSpec,
-    question: Annotated[Optional[list[str]], typer.Option("-q", "--question", help="Ask this (repeatable).")] = None,
+    question: Annotated[Optional[list[str]], typer.Option("--question", help="Ask this (repeatable).")] = None,
     n_questions: Annotated[int, typer.Option("-n", help="Questions the model asks itself.")] = 3,
     max_new_tokens: Annotated[int, typer.Option(help="Per answer and question.")] = 128,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a panel.")] = False,
@@ -32,7 +32,7 @@ def inspect(
     """Show an image's facts, the model's description, its own questions and its answers."""
     from stmed.images import load_image
     from stmed import registry
-    from stmed.registry import EngineOptions, open_engine
+    from stmed.engines import EngineOptions, open_engine
     from stmed.stages.inspect import inspect_image
 
     _, info = load_image(image)  # a bad image fails here, before the model loads

@@ -29,7 +29,7 @@ def local_core(model: str, engine: str, spec, batch_size: int, stats: JudgeStats
     (its loading flags), loaded on first use; replies are not cached (a rerun costs no money)."""
 
     def open_local():
-        from stmed.registry import EngineOptions, open_engine
+        from stmed.engines import EngineOptions, open_engine
 
         return open_engine(EngineOptions(engine=engine, batch_size=batch_size), spec)
 

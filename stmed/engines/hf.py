@@ -1,32 +1,33 @@
-"""One interface for "a model that generates from (image, messages)": an engine.
+"""The hf engine (``--engine hf``): a transformers model loaded once in this process.
 
-The in-process Hugging Face model and any OpenAI-compatible server implement it, so stages
-(questions, answers, evaluation, the local judge) never care which one runs. Engines are
-chosen by name from stmed.registry, which also says what each can do.
+The reference engine: every family, exact tokens, CPU and GPU; batched generation through
+stmed.core.generate (length-sorted batches, one shared prefill per prompt, seeded samples).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from typing import Any, Protocol
+from dataclasses import dataclass
 
-from stmed.core.generate import GenOutput, GenRequest, Generator, SamplingParams
-
-
-class Backend(Protocol):
-    name: str  # its stmed.registry entry, which declares what it can do
-    processor: Any  # the local model's processor (chat template, tokenizer); None for a server
-    batch_size: int  # requests it works on at once: stages size their units of work by it
-
-    def generate(self, requests: Sequence[GenRequest], params: SamplingParams) -> Iterator[tuple[int, GenOutput]]: ...
-
-    def describe(self) -> dict: ...
+from stmed.core.generate import Generator
+from stmed.engines.base import settings
+from stmed.options import opt
 
 
-class HFBackend:
+@dataclass
+class HFSettings:
+    static_cache: bool = opt(False, "hf on a GPU: static KV cache with compiled decode (fixed batch shapes).",
+                             flags="--static-cache")
+
+
+class HFEngine:
     """The shared core: a model loaded once in this process, batched generation."""
 
     name = "hf"
+
+    @classmethod
+    def from_options(cls, options, spec) -> HFEngine:
+        # a record the model fails on becomes that record's error, not the run's
+        return cls(spec, batch_size=options.batch_size, isolate_failures=True, **settings(HFSettings, options))
 
     def __init__(self, spec, batch_size: int = 8, static_cache: bool = False, isolate_failures: bool = False):
         from stmed.core.model import load_model

@@ -1,5 +1,5 @@
-"""``stmed.core.backend.Backend`` over an OpenAI-compatible server, for `answer`, `gen-questions`
-and `eval` with ``--backend openai``.
+"""The openai engine (``--engine openai``): an OpenAI-compatible server behind stmed's engine
+interface, for `answer`, `gen-questions` (instruct) and `eval`.
 
 Each recorded seed becomes its own request (``n=1, seed=s``), so a sample is reproducible on
 servers that honour seeds (vLLM does) and the seeds in the output mean what they say. A request
@@ -12,18 +12,36 @@ of the output, for stages that send such records to their errors file.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 from stmed.api import ChatRequest
-from stmed.api.openai_client import OpenAIClient, OpenAIConfig, RequestFailed
+from stmed.api.openai_client import API_KEY_ENV, CONCURRENCY, OpenAIClient, OpenAIConfig, RequestFailed, client_flag
+from stmed.engines.base import settings
+from stmed.errors import InputError
 from stmed.images import encode_for_api
+from stmed.options import opt
 
 
-class OpenAIBackend:
+@dataclass
+class OpenAISettings:
+    base_url: str | None = client_flag("base_url")  # the client's settings: defaults and help in ClientSettings
+    api_key_env: str = client_flag("api_key_env")
+    concurrency: int = opt(CONCURRENCY, "Requests in flight (--engine openai).", min=1)
+
+
+class OpenAIEngine:
     name = "openai"
     processor = None  # the server renders its own prompts; chat APIs only answer as the assistant
 
-    def __init__(self, model: str, *, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
-                 concurrency: int = 16, max_side: int = 1024, on_error: str = "raise", **client_options):
+    @classmethod
+    def from_options(cls, options, spec) -> OpenAIEngine:
+        if not spec.model:
+            raise InputError("--engine openai needs -m MODEL (the served model's name)")
+        # A request that fails after its retries becomes that record's error, not the run's.
+        return cls(spec.model, on_error="yield", **settings(OpenAISettings, options))
+
+    def __init__(self, model: str, *, base_url: str | None = None, api_key_env: str = API_KEY_ENV,
+                 concurrency: int = CONCURRENCY, max_side: int = 1024, on_error: str = "raise", **client_options):
         self.client = OpenAIClient(OpenAIConfig(model=model, base_url=base_url, api_key_env=api_key_env,
                                                 concurrency=concurrency, **client_options))
         self.model, self.base_url, self.max_side, self.on_error = model, base_url, max_side, on_error

@@ -20,9 +20,12 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 from stmed.core.generate import GenOutput, GenRequest, SamplingParams, cut_at_stop, end_ids, prompt_text
+from stmed.engines.base import settings
 from stmed.errors import InputError, loading_model
+from stmed.options import opt
 
 VLLM_SUPPORTED = ("0.32.",)  # vLLM releases whose API this engine was checked against
 
@@ -45,10 +48,23 @@ def _import_vllm():
     return vllm
 
 
+@dataclass
+class VLLMSettings:
+    tensor_parallel_size: int = opt(1, "vllm: GPUs one model copy is split over.", min=1)
+    gpu_memory_utilization: float = opt(0.9, "vllm: share of each GPU's memory vLLM may take.", min=0.05, max=1.0)
+    max_model_len: int | None = opt(None, "vllm: longest prompt + answer, in tokens (default: the model's).")
+    enforce_eager: bool = opt(False, "vllm: no CUDA graphs (slower; less memory and start-up time).",
+                              flags="--enforce-eager")
+
+
 class VLLMEngine:
     """A model loaded once into vLLM in this process, behind stmed's engine interface."""
 
     name = "vllm"
+
+    @classmethod
+    def from_options(cls, options, spec) -> VLLMEngine:
+        return cls(spec, batch_size=options.batch_size, **settings(VLLMSettings, options))
 
     def __init__(self, spec, *, batch_size: int = 256, tensor_parallel_size: int = 1,
                  gpu_memory_utilization: float = 0.9, max_model_len: int | None = None, enforce_eager: bool = False):

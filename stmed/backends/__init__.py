@@ -1,1 +1,0 @@
-"""The openai engine (``openai_backend.OpenAIBackend``); the client and wire types it uses are in stmed.api."""
