@@ -69,7 +69,7 @@ LAYERS = [
     ["stmed.core"],
     ["stmed.api"],
     ["stmed.distributed", "stmed.images"],
-    ["stmed.records", "stmed.corrupt", "stmed.prompts", "stmed.progress", "stmed.options"],
+    ["stmed.records", "stmed.corrupt", "stmed.prompts", "stmed.progress", "stmed.options", "stmed.paths"],
     ["stmed.errors"],
     ["stmed"],
 ]

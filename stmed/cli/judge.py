@@ -25,7 +25,7 @@ Opt = typer.Option
 def judge(
     cfg: JudgeConfig, spec: ModelSpec, files: Files,
     input: Annotated[str, typer.Argument(help="Answer records (>= 2 answers each) as JSONL, or - for stdin.")] = "-",
-    cache: Annotated[Optional[Path], Opt(help="SQLite reply cache (default ~/.cache/stmed/judge-cache.sqlite).")] = None,
+    cache: Annotated[Optional[Path], Opt(help="SQLite reply cache (default judge-cache.sqlite in $STMED_CACHE_DIR, else ~/.cache/stmed).")] = None,
     no_cache: Annotated[bool, Opt("--no-cache", help="Neither read nor write the reply cache.")] = False,
     prices: Annotated[Optional[Path], Opt(help="JSON price table {model: [input, output]} in USD per million tokens.")] = None,
     price: Annotated[Optional[str], Opt(help="IN,OUT USD per million tokens for --judge-model.")] = None,

@@ -67,8 +67,8 @@ class OpenJudgeConfig:
                                             "(default OUTPUT.open-judge.batch/).", type=Optional[Path])
     open_judge_poll_interval: float = opt(BatchOptions.poll_interval, "--open-judge-backend batch: seconds between "
                                           "status polls.")
-    cache: Path | None = opt(None, "SQLite reply cache (default $STMED_CACHE_DIR/judge-cache.sqlite).",
-                             type=Optional[Path])
+    cache: Path | None = opt(None, "SQLite reply cache (default judge-cache.sqlite in $STMED_CACHE_DIR, else "
+                             "~/.cache/stmed).", type=Optional[Path])
     no_cache: bool = opt(False, "Neither read nor write the reply cache.", flags="--no-cache")
     prices: Path | None = opt(None, "JSON price table {model: [input, output]} in USD per million tokens.",
                               type=Optional[Path])
