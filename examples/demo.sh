@@ -20,7 +20,7 @@ mkdir -p "$OUT"
 [ -f "$TINY/config.json" ] || .venv/bin/python tools/make_tiny_model.py "$TINY"
 
 echo "== inspect one image" >&2
-$STMED inspect examples/images/synpic46720.jpg -m "$TINY" -q "Is there a fracture?" -n 2 --max-new-tokens 16
+$STMED inspect examples/images/synpic46720.jpg -m "$TINY" --question "Is there a fracture?" -n 2 --max-new-tokens 16
 
 echo "== self-training round: gen-questions | answer | judge (local) | dpo" >&2
 # The random judge's preferences are noise, so the paper's single-order rule keeps every pair

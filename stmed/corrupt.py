@@ -23,6 +23,12 @@ from stmed.errors import InputError, RecordError
 
 DEFAULTS = {"noise": 0.5, "blur": 0.02, "mask": 0.5, "crop": 0.2}
 
+# The record fields of corrupted images: this module owns them; every stage, trainer and the view
+# read and write them by these names.
+FIELD = "corrupt"  # on an answer record: the corruption (Corruption.record()) its second answer set saw
+ANSWERS = "corrupt_answers"  # those answers, written as stmed answer writes "answers"
+HARD_NEGATIVE = "hard_negative"  # on a pair: "corrupt" when its rejected side is a corrupted-image answer
+
 
 @dataclass(frozen=True)
 class Corruption:
@@ -48,12 +54,12 @@ class Corruption:
     def from_record(cls, value, where: str) -> "Corruption":
         """The corruption a record carries (``{"kind", "strength", "seed"}``); RecordError if torn."""
         if not isinstance(value, dict) or value.get("kind") not in DEFAULTS:
-            raise RecordError(f"{where}: field 'corrupt' must be an object with a kind among {', '.join(DEFAULTS)}")
+            raise RecordError(f"{where}: field '{FIELD}' must be an object with a kind among {', '.join(DEFAULTS)}")
         strength, seed = value.get("strength", DEFAULTS[value["kind"]]), value.get("seed", 0)
         if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
-            raise RecordError(f"{where}: field 'corrupt.strength' must be a number in (0, 1]")
+            raise RecordError(f"{where}: field '{FIELD}.strength' must be a number in (0, 1]")
         if isinstance(seed, bool) or not isinstance(seed, int):
-            raise RecordError(f"{where}: field 'corrupt.seed' must be an integer")
+            raise RecordError(f"{where}: field '{FIELD}.seed' must be an integer")
         return cls(value["kind"], float(strength), seed)
 
     def with_seed(self, seed: int) -> "Corruption":

@@ -97,6 +97,32 @@ def test_the_floor_check_sees_an_upward_arrow():
     assert upward_imports(graph) == ["stmed.judge.common -> stmed.stages.runner"]
 
 
+TOKEN_PATH = ("stmed.core.prompt", "stmed.core.chat", "stmed.core.tokens", "stmed.core.template")  # top to bottom
+
+
+def test_prompt_rendering_runs_one_way():
+    """Messages become prompt ids through stmed.core.prompt alone; below it each module of the
+    chain imports only the ones under it, so no call goes back up."""
+    graph = _imports()
+    for m, deps in graph.items():
+        inner = deps & set(TOKEN_PATH[1:])
+        if m.startswith("stmed.core.") or not inner:
+            continue
+        raise AssertionError(f"{m} imports {sorted(inner)}: outside the core, render and encode through stmed.core.prompt")
+    for k, m in enumerate(TOKEN_PATH):
+        above = graph[m] & set(TOKEN_PATH[:k + 1]) - {m}
+        assert not above, f"{m} imports {sorted(above)}, which sit above it on the token path"
+
+
+def test_engines_live_in_one_package():
+    from stmed import registry
+
+    for entry in registry.ENTRIES.values():
+        if entry.engine:
+            assert entry.engine.startswith("stmed.engines."), f"engine {entry.name} lives outside stmed/engines/"
+            assert hasattr(entry.load(registry.GENERATE), "from_options"), f"engine {entry.name} has no from_options"
+
+
 def _commands():
     return {info.name: info.callback for info in app.registered_commands}
 

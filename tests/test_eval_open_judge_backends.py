@@ -80,7 +80,7 @@ def test_local_backend_gives_every_open_item_a_verdict_and_caches_nothing(tmp_pa
 def test_ask_all_returns_parsed_scores_in_order_cached_and_reasked_once(tmp_path, monkeypatch):
     """The reward model's call: (image, messages) requests in, one parsed score per request out."""
     from stmed.api import ChatRequest
-    from stmed.api.openai_client import ClientSettings
+    from stmed.api.settings import ClientSettings
     from stmed.images import encode_for_api, load_image
     from stmed.judge.cache import ReplyCache
     from stmed.judge.core import JudgeCore
@@ -111,7 +111,7 @@ def test_ask_all_returns_parsed_scores_in_order_cached_and_reasked_once(tmp_path
 
 def test_ask_all_turns_a_request_that_fails_for_good_into_its_reply_error(monkeypatch):
     from stmed.api import ChatRequest
-    from stmed.api.openai_client import ClientSettings
+    from stmed.api.settings import ClientSettings
     from stmed.judge.core import JudgeCore
 
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-key")

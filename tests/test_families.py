@@ -86,7 +86,8 @@ def _generate_words(loaded, messages, image) -> list[int]:
     import torch
 
     from stmed.core.chat import answer_ids, render
-    from stmed.core.generate import encode_batch, stop_ids
+    from stmed.core.generate import stop_ids
+    from stmed.core.prompt import encode_batch
     from stmed.core.tokens import turn_end
 
     proc, tok = loaded.processor, loaded.tokenizer
@@ -142,7 +143,7 @@ def test_dpo_and_sft_supervise_what_generation_emits(family, loaded, tmp_path):
     assert kept == expected
     # the prompt the collator trains on is the prompt generation ran on, token for token
     from stmed.core.chat import render
-    from stmed.core.generate import encode_batch
+    from stmed.core.prompt import encode_batch
 
     gen_prompt = encode_batch(loaded.processor, [render(loaded.processor, messages)], [image])
     assert batch["prompt_input_ids"][0].tolist() == gen_prompt["input_ids"][0].tolist()

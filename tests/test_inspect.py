@@ -53,7 +53,7 @@ def test_inspect_json(case, tiny_model, bench_data, tmp_path):
         image = made_cmyk_jpeg(tmp_path)
     else:
         image = make(bench_data)
-    proc = run_stmed("inspect", image, "-m", tiny_model, "-q", "Is there a fracture?", "--json", *FAST)
+    proc = run_stmed("inspect", image, "-m", tiny_model, "--question", "Is there a fracture?", "--json", *FAST)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)  # the whole of stdout is one JSON object
     for key, value in facts(image).items():
@@ -72,7 +72,7 @@ def test_inspect_json(case, tiny_model, bench_data, tmp_path):
 
 
 def test_inspect_panel(tiny_model):
-    proc = run_stmed("inspect", get_testdata_file("MR_small.dcm"), "-m", tiny_model, "-q", "Which organ [/b] is [red]?", *FAST,
+    proc = run_stmed("inspect", get_testdata_file("MR_small.dcm"), "-m", tiny_model, "--question", "Which organ [/b] is [red]?", *FAST,
                      env={"COLUMNS": "120"})
     assert proc.returncode == 0, proc.stderr
     for text in ("MR_small.dcm", "modality", "MR", "centre 600 / width 1600", "description", "Which organ [/b] is [red]?", "[self]"):

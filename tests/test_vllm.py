@@ -72,7 +72,7 @@ def hf(family):
 
 
 def test_vllm_sees_the_prompt_ids_the_transformers_engine_sees(family, hf):
-    from stmed.core.generate import encode_batch
+    from stmed.core.prompt import encode_batch
 
     name, _, probe = family
     loaded, gen = hf

@@ -39,7 +39,7 @@ def make_batch(processor, pairs: int, text_tokens: int, answer_tokens: int, devi
     import torch
     from PIL import Image
 
-    from stmed.core.chat import render
+    from stmed.core.prompt import render
     from stmed.train.data import encode_pair
     from stmed.train.pairs import PairCollator
 

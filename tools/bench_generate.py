@@ -82,7 +82,7 @@ def plain_generate(loaded, reqs, batch: int, new_tokens: int) -> float:
     """The HF call with nothing around it: processor, generate, decode."""
     import torch
 
-    from stmed.core.chat import render
+    from stmed.core.prompt import render
 
     tok = loaded.tokenizer
     start = time.perf_counter()

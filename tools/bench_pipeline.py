@@ -98,7 +98,7 @@ def naive_pipeline(loaded, records, n_questions: int, lengths: dict) -> tuple[fl
     import torch
 
     from stmed import prompts
-    from stmed.core.chat import render
+    from stmed.core.prompt import render
     from stmed.images import record_image
 
     proc, tok = loaded.processor, loaded.tokenizer

@@ -27,8 +27,6 @@ EXAMPLES = {
     "dpo": "stmed dpo pairs.jsonl -m llava-hf/llava-1.5-7b-hf -o runs/dpo --merge",
     "eval": "stmed eval --bench vqa-rad -m runs/dpo/merged -o vqa-rad.jsonl --summary vqa-rad.json",
     "report": "stmed report runs/eval/base.json runs/eval/dpo.json --markdown report.md",
-    "compare": "stmed compare examples/compare.yaml",
-    "reproduce": "stmed reproduce examples/reproduce.yaml --dry-run",
     "view": "stmed view pairs.jsonl -o pairs.html",
     "convert": "stmed convert models/stllava-med-7b -o models/stllava-med-7b-hf",
 }

@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from stmed.core.chat import ContinueAs, render
+from stmed.core.prompt import ContinueAs, TOKEN_KEYS, encode_batch, end_ids, prompt_text
 
 
 @dataclass
@@ -243,43 +243,9 @@ class Generator:
         return self._static[2]
 
 
-def prompt_text(processor, req: GenRequest) -> str:
-    """The prompt text a request renders to through the model's chat template (every engine's)."""
-    if req.prompt is not None:
-        return req.prompt
-    return render(processor, req.messages, with_image=req.image is not None, continue_as=req.continue_as)
-
-
-def end_ids(processor, configured=None) -> list[int]:
-    """Where a sample ends: the token that ends an assistant turn in this template (the one
-    training appends to every answer: stmed.core.tokens.turn_end), the tokenizer's EOS and
-    ``configured`` (a checkpoint's generation_config EOS ids)."""
-    from stmed.core.tokens import tokenizer_of, turn_end
-
-    ids = [turn_end(processor).token_id, tokenizer_of(processor).eos_token_id]
-    ids += configured if isinstance(configured, list) else [configured]
-    return list(dict.fromkeys(i for i in ids if i is not None))
-
-
 def stop_ids(loaded) -> list[int]:
     """``end_ids`` of a loaded transformers model, its generation_config's EOS included."""
     return end_ids(loaded.processor, getattr(getattr(loaded.model, "generation_config", None), "eos_token_id", None))
-
-
-def encode_batch(processor, texts: list[str], images: list | None, *, padding_side: str = "left",
-                 pad_to_multiple_of: int | None = None):
-    """Prompts (and their images) through the processor, the way every stage and training do it:
-    each sample gets its own image list (families that tile or take several images per sample
-    want the nesting), and BOS is added only where the rendered text does not start with it."""
-    from stmed.core.tokens import adds_special_tokens, tokenizer_of
-
-    kwargs: dict[str, Any] = {"text": texts, "padding": True, "padding_side": padding_side, "return_tensors": "pt",
-                              "add_special_tokens": adds_special_tokens(tokenizer_of(processor), texts[0])}
-    if images is not None:
-        kwargs["images"] = [[img] for img in images]
-    if pad_to_multiple_of:
-        kwargs["pad_to_multiple_of"] = pad_to_multiple_of
-    return processor(**kwargs)
 
 
 def on_device(loaded, enc):
@@ -288,10 +254,6 @@ def on_device(loaded, enc):
     if "pixel_values" in enc:
         enc["pixel_values"] = enc["pixel_values"].to(loaded.dtype)
     return enc
-
-
-# Processor outputs with one value per token: cut, padded and extended together with input_ids.
-TOKEN_KEYS = ("attention_mask", "token_type_ids", "mm_token_type_ids")
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:

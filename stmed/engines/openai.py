@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from stmed.api import ChatRequest
-from stmed.api.openai_client import API_KEY_ENV, CONCURRENCY, OpenAIClient, OpenAIConfig, RequestFailed, client_flag
+from stmed.api.settings import API_KEY_ENV, CONCURRENCY, client_flag
 from stmed.engines.base import settings
 from stmed.errors import InputError
 from stmed.images import encode_for_api
@@ -42,6 +42,8 @@ class OpenAIEngine:
 
     def __init__(self, model: str, *, base_url: str | None = None, api_key_env: str = API_KEY_ENV,
                  concurrency: int = CONCURRENCY, max_side: int = 1024, on_error: str = "raise", **client_options):
+        from stmed.api.openai_client import OpenAIClient, OpenAIConfig  # asyncio: not for --help
+
         self.client = OpenAIClient(OpenAIConfig(model=model, base_url=base_url, api_key_env=api_key_env,
                                                 concurrency=concurrency, **client_options))
         self.model, self.base_url, self.max_side, self.on_error = model, base_url, max_side, on_error
@@ -90,4 +92,6 @@ class OpenAIEngine:
             texts = [t for r in got for t in r.texts]
             yield i, GenOutput(texts, [r.usage.completion_tokens // max(len(r.texts), 1) for r in got for _ in r.texts])
         if failed and self.on_error == "raise":
+            from stmed.api.openai_client import RequestFailed
+
             raise RequestFailed(f"{len(failed)} of {len(requests)} requests failed; first: {failed[0]}")

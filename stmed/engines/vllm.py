@@ -1,8 +1,8 @@
 """The vLLM engine (``--engine vllm``): the fast path for generation on GPUs.
 
 It gets the same prompts as the transformers engine, as token ids from stmed's one token path
-(``core.chat.render`` through the model's own chat template, then ``core.tokens.encode``), with
-the image as ``multi_modal_data``; vLLM expands the one image placeholder itself, as the HF
+(``core.prompt.prompt_ids``: the model's own chat template, then the tokenizer), with the image
+as ``multi_modal_data``; vLLM expands the one image placeholder itself, as the HF
 processor does. So the vuser strategy (continuing in the user's role) runs unchanged, and the
 emitted ids come back in every output, for DPO and SFT to train on.
 
@@ -22,7 +22,8 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from stmed.core.generate import GenOutput, GenRequest, SamplingParams, cut_at_stop, end_ids, prompt_text
+from stmed.core.generate import GenOutput, GenRequest, SamplingParams, cut_at_stop
+from stmed.core.prompt import encode, end_ids, prompt_ids, prompt_text
 from stmed.engines.base import settings
 from stmed.errors import InputError, loading_model
 from stmed.options import opt
@@ -113,11 +114,8 @@ class VLLMEngine:
                 "vllm": self._vllm.__version__}
 
     def prompt_ids(self, req: GenRequest) -> list[int]:
-        """The prompt as token ids with one image placeholder: the transformers engine's prompt
-        text through the tokenizer alone (the processor would expand the placeholder; vLLM does)."""
-        from stmed.core.tokens import encode
-
-        return encode(self.tokenizer, prompt_text(self.processor, req))
+        """The prompt as token ids with one image placeholder (vLLM expands it, as the HF processor would)."""
+        return prompt_ids(self.processor, req)
 
     def _sampling(self, params: SamplingParams, seed: int, **extra):
         greedy = params.greedy
@@ -163,7 +161,6 @@ class VLLMEngine:
         """Log-probability of each choice's first own token right after each prompt, from vLLM's
         prompt log-probs (the prompt extended by that token; the shared prefix is cached)."""
         from stmed.core.generate import divergence
-        from stmed.core.tokens import encode
 
         prompts, sampling, where = [], [], []
         for r, req in enumerate(requests):

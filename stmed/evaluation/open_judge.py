@@ -25,14 +25,16 @@ import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from stmed.api import ChatRequest, Usage
-from stmed.api.openai_client import ClientSettings, client_flag
+from stmed.api.settings import ClientSettings, client_flag
 from stmed.judge.config import BatchOptions
-from stmed.judge.core import JudgeCore, Reply
 from stmed.judge.cost import JudgeStats
 from stmed.options import opt
+
+if TYPE_CHECKING:
+    from stmed.judge.core import Reply
 
 PROMPT_VERSION = "stmed-open-judge-v1"
 PROMPT = """You are grading an answer to a question about a medical image. You cannot see the image: judge only whether the candidate answer gives the same answer as the reference answer. Wording, synonyms, abbreviations and extra correct detail do not matter; a different, missing, hedged or contradictory answer is incorrect.
@@ -189,6 +191,8 @@ class OpenJudge:
 
             self.core = local_core(cfg.model, cfg.open_judge_engine, spec, cfg.open_judge_batch_size)
         else:
+            from stmed.judge.core import JudgeCore
+
             self.core = JudgeCore(cfg.model, cfg.backend, client=cfg.client_settings(), cache=cache)
         self.stats = self.core.stats
         self.judged = 0
@@ -223,6 +227,7 @@ class OpenJudge:
 
     def _ask_batch(self, items: list[dict], requests: list[ChatRequest]) -> list[Reply]:
         from stmed.judge.batch import BatchRound, custom_id
+        from stmed.judge.core import Reply
 
         batch = BatchRound(self.core, BatchOptions(self.batch_dir or Path("stmed-open-judge.batch"),
                                                    self.core.settings, poll_interval=self.cfg.open_judge_poll_interval))

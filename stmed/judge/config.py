@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 from stmed import registry
-from stmed.api.openai_client import ClientSettings, client_flag
+from stmed.api.settings import ClientSettings, client_flag
 from stmed.core.model import ModelSpec
 from stmed.errors import InputError
 from stmed.judge.prompt import JudgePrompt

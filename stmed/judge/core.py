@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from stmed.api import ChatRequest, ChatResult
-from stmed.api.openai_client import ClientSettings
+from stmed.api.settings import ClientSettings
 from stmed.errors import RecordError
 from stmed.judge.cache import NoCache
 from stmed.judge.cost import JudgeStats

@@ -14,7 +14,7 @@ from stmed.images import record_image
 from stmed.options import MAX_PIXELS_HELP, ints, opt
 from stmed.prompts import Prompt, file_option
 from stmed.records import Outcome, Record, require
-from stmed.corrupt import Corruption
+from stmed.corrupt import ANSWERS, FIELD, Corruption
 from stmed.stages.common import chunk_size, chunks, seed_for
 
 
@@ -97,8 +97,7 @@ def rendered_hash(backend, messages: list[dict]) -> dict:
     processor = backend.processor
     if processor is None:
         return {}
-    from stmed.core.chat import prompt_hash, render
-    from stmed.core.template import rendering
+    from stmed.core.prompt import prompt_hash, render, rendering
 
     how = rendering(processor)  # a string-content template: the image token written before the text
     return {"rendered_sha256": prompt_hash(render(processor, messages, with_image=True)),
@@ -136,7 +135,7 @@ def run(cfg: AnswersConfig, backend, records: list[Record]) -> Iterator[Outcome]
                 continue
             fields = {"answers": _answers(out, req.seeds)}
             if bad is not None:
-                fields.update(corrupt=corrupt.record(), corrupt_answers=_answers(bad_out, bad.seeds))
+                fields.update({FIELD: corrupt.record(), ANSWERS: _answers(bad_out, bad.seeds)})
             yield Outcome.done(rec.derive(**fields, answer_gen=meta, answer_prompt={
                 **cfg.prompt_record(req.messages), **rendered_hash(backend, req.messages)}),
                 tokens=out.total_tokens + (bad_out.total_tokens if bad_out is not None else 0))

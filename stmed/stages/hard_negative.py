@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 
-from stmed.corrupt import Corruption
+from stmed.corrupt import ANSWERS, FIELD, HARD_NEGATIVE, Corruption
 from stmed.errors import RecordError
 from stmed.judge.cost import JudgeStats
 from stmed.records import Outcome, Record, answer_texts, require
@@ -30,12 +30,12 @@ def sides(rec: Record) -> tuple[list[str], str]:
     real = answer_texts(rec)
     if not real:
         raise RecordError(f"{rec.where}: {FLAG} needs an answer on the real image in 'answers'")
-    raw = rec.get("corrupt_answers")
+    raw = rec.get(ANSWERS)
     if raw is None:
-        raise RecordError(f"{rec.where}: {FLAG} needs field 'corrupt_answers' (written by stmed answer --corrupt)")
+        raise RecordError(f"{rec.where}: {FLAG} needs field '{ANSWERS}' (written by stmed answer --corrupt)")
     if not isinstance(raw, list) or not raw or not all(isinstance(a, dict) and isinstance(a.get("text"), str) for a in raw):
-        raise RecordError(f"{rec.where}: field 'corrupt_answers' must be a non-empty list of objects with 'text'")
-    Corruption.from_record(rec.get("corrupt"), rec.where)  # the pair must say which image made its rejected side
+        raise RecordError(f"{rec.where}: field '{ANSWERS}' must be a non-empty list of objects with 'text'")
+    Corruption.from_record(rec.get(FIELD), rec.where)  # the pair must say which image made its rejected side
     return real, raw[0]["text"]
 
 
@@ -65,7 +65,7 @@ def run(records: Iterable[Record], *, confirm: bool, ask: Callable[[list], Itera
 
 
 def _base(rec: Record, **fields) -> dict:
-    return {**rec, **fields, "hard_negative": "corrupt"}
+    return {**rec, **fields, HARD_NEGATIVE: "corrupt"}
 
 
 def _back(o: Outcome, rec: Record, n_real: int, stats: JudgeStats) -> Outcome:
@@ -77,7 +77,7 @@ def _back(o: Outcome, rec: Record, n_real: int, stats: JudgeStats) -> Outcome:
         out["answers"] = rec["answers"]
     if isinstance(out.get("judge"), dict):
         out["judge"] = {**out["judge"], "pair": [1, n_real + 1]}
-    out["hard_negative"] = "corrupt"
+    out[HARD_NEGATIVE] = "corrupt"
     if o.kind == "done" and out["chosen"] != o.record["answers"][0]:  # the judge liked the corrupted image's answer
         stats.reasons["corrupt-preferred"] = stats.reasons.get("corrupt-preferred", 0) + 1
         out = {k: v for k, v in out.items() if k not in ("chosen", "rejected")}

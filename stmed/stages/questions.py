@@ -108,7 +108,7 @@ def pending(cfg: QuestionsConfig, records: list[Record], done: set[str]) -> list
 def run(cfg: QuestionsConfig, backend, records: list[Record]) -> Iterator[Outcome]:
     """One Outcome per image: its question records (DESIGN.md section 3), in input order."""
     check(cfg, backend.name)
-    from stmed.core.chat import role_markers
+    from stmed.core.prompt import role_markers
 
     markers = role_markers(backend.processor) if backend.processor is not None else []
     for chunk in chunks(records, chunk_size(cfg.chunk_size, backend)):

@@ -137,8 +137,7 @@ def encode_pair(processor, messages: list[dict], chosen: str, rejected: str,
     answer's ids after it, end-of-turn token included (stmed.core.tokens). An answer whose
     emitted ids the record carries (``emitted``: text -> ids, from ``stmed answer``) is trained
     on those ids, the ones the model said, plus the end token."""
-    from stmed.core.chat import answer_ids, render
-    from stmed.core.tokens import turn_end
+    from stmed.core.prompt import answer_ids, render, turn_end
 
     prompt = render(processor, messages, with_image=True, continue_as="assistant")  # rendered once for the pair
     end = turn_end(processor).token_id
@@ -155,7 +154,9 @@ def emitted_ids(record: Record, vocab_size: int) -> dict[str, list[int]]:
     ``corrupt_answers`` (a hard negative's rejected side; both written by ``stmed answer`` with a
     local engine; absent for a served model or another tool's pairs)."""
     out: dict[str, list[int]] = {}
-    for key in ("answers", "corrupt_answers"):
+    from stmed.corrupt import ANSWERS
+
+    for key in ("answers", ANSWERS):
         answers = record.get(key)
         for k, a in enumerate(answers if isinstance(answers, list) else []):
             if not isinstance(a, dict) or "ids" not in a:
@@ -172,7 +173,7 @@ def emitted_ids(record: Record, vocab_size: int) -> dict[str, list[int]]:
 def same_prompt(record: Record, prompt: str) -> None:
     """An InputError when the record says its answers were sampled from another prompt text than
     the one this model's chat template renders (another checkpoint family or --chat-template)."""
-    from stmed.core.chat import prompt_hash
+    from stmed.core.prompt import prompt_hash
 
     given = record.get(ANSWER_PROMPT)
     sampled = given.get("rendered_sha256") if isinstance(given, dict) else None
@@ -246,7 +247,7 @@ def load_pairs(path: str | Path, processor, *, errors: ErrorSink, image_root: Pa
     """
     from datasets import Dataset
 
-    from stmed.core.tokens import TokenMismatch
+    from stmed.core.prompt import TokenMismatch
 
     records = read_any(path)
     if limit is not None:

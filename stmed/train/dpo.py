@@ -229,7 +229,7 @@ def dry_run(cfg: DPOConfig) -> dict:
         import json
 
         out["image_pref_corrupt"] = json.loads(dataset[0]["corrupt"])
-    from stmed.core.template import rendering
+    from stmed.core.prompt import rendering
 
     if rendering(processor):
         out["rendering"] = rendering(processor)

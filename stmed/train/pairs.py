@@ -39,7 +39,7 @@ class PairCollator:
     def __call__(self, examples: list[dict]) -> dict[str, Any]:
         import torch
 
-        from stmed.core.generate import encode_batch
+        from stmed.core.prompt import encode_batch
 
         prompts = [ex["prompt"] for ex in examples]
         enc = encode_batch(self.processor, prompts, [ex["images"][0] for ex in examples])
@@ -65,7 +65,7 @@ CORRUPT = "corrupt_"  # the prefix of the corrupted-image prompt's keys in a bat
 
 def _prompt(enc) -> dict:
     """The prompt's part of a batch: ids, mask, image tensors and per-token extras."""
-    from stmed.core.generate import TOKEN_KEYS
+    from stmed.core.prompt import TOKEN_KEYS
 
     return {"prompt_input_ids": enc["input_ids"], "prompt_attention_mask": enc["attention_mask"],
             **{k: enc[k] for k in IMAGE_KEYS if k in enc},

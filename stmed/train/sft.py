@@ -133,7 +133,7 @@ def dry_run(cfg: SFTConfig) -> dict:
             segments.append({"tokens": [], "ids": [], "supervised": supervised})
         segments[-1]["ids"].append(tid)
         segments[-1]["tokens"].append(tok.convert_ids_to_tokens(tid))
-    from stmed.core.template import rendering
+    from stmed.core.prompt import rendering
 
     shown = {"id": dataset[0]["id"], "images": images, "segments": segments}
     if rendering(processor):

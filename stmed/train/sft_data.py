@@ -74,8 +74,7 @@ def render_example(processor, messages: list[dict], self_asked: list[bool]) -> R
     template writes none, as llava-hf's does: the tokenizer's EOS), never the next turn's header;
     each self-asked question is supervised from where ``gen-questions --strategy vuser`` lets the
     model speak (chat.user_junction) to its last character."""
-    from stmed.core.template import render_turns
-    from stmed.core.tokens import TokenMismatch, close_turns
+    from stmed.core.prompt import TokenMismatch, close_turns, render_turns
     from stmed.prompts import VUSER_SYSTEM
 
     if messages[0]["role"] == "system":  # the system prompt the answer was sampled with
@@ -94,7 +93,7 @@ def render_example(processor, messages: list[dict], self_asked: list[bool]) -> R
 
 def token_labels(tokenizer, rendered: Rendered) -> tuple[list[int], list[int]]:
     """Token ids and labels: a token is supervised when its characters overlap a supervised span."""
-    from stmed.core.tokens import adds_special_tokens
+    from stmed.core.prompt import adds_special_tokens
 
     enc = tokenizer(rendered.text, return_offsets_mapping=True,
                     add_special_tokens=adds_special_tokens(tokenizer, rendered.text))
@@ -124,8 +123,7 @@ class SFTCollator:
     def encode(self, row: dict) -> dict:
         import json
 
-        from stmed.core.generate import TOKEN_KEYS, encode_batch
-        from stmed.core.tokens import TokenMismatch, align_expanded
+        from stmed.core.prompt import TOKEN_KEYS, TokenMismatch, align_expanded, encode_batch
         from stmed.images import load_image, prepare
 
         messages = json.loads(row["conversation"])

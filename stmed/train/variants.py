@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 
-from stmed.corrupt import Corruption
+from stmed.corrupt import FIELD, Corruption
 from stmed.errors import InputError, RecordError
 from stmed.records import Record
 
@@ -47,8 +47,8 @@ def normalised(weights: list[float], field: str) -> list[float]:
 def corrupt_spec(rec: Record, default: Corruption, base_seed: int) -> str:
     """The corruption of this pair's image for the image-conditional term, as a JSON string: the
     record's own (the image its rejected answer was sampled on) or the default, seeded by id."""
-    if rec.get("corrupt") is not None:
-        return json.dumps(Corruption.from_record(rec["corrupt"], rec.where).record())
+    if rec.get(FIELD) is not None:
+        return json.dumps(Corruption.from_record(rec[FIELD], rec.where).record())
     from stmed.stages.common import seed_for
 
     key = str(rec.get("id") or rec.get("image") or rec.where)

@@ -110,14 +110,14 @@ def _render_cards(cards: list[Card], cfg: ViewConfig, scrub: Scrubber) -> tuple[
 
 def _corrupted(card: Card, path: Path, thumbs: Thumbnailer) -> dict[str, Thumb]:
     """Unit id -> the corrupted image its ``corrupt`` record rebuilds (stmed answer --corrupt)."""
-    from stmed.corrupt import Corruption
+    from stmed.corrupt import FIELD, Corruption
     from stmed.errors import RecordError
 
     out = {}
     for u in card.units:
-        if "corrupt" in u.record:
+        if FIELD in u.record:
             try:
-                out[u.id] = thumbs.corrupted(path, Corruption.from_record(u.record["corrupt"], u.id))
+                out[u.id] = thumbs.corrupted(path, Corruption.from_record(u.record[FIELD], u.id))
             except RecordError as e:
                 out[u.id] = Thumb(error=str(e))
     return out

@@ -11,6 +11,7 @@ import json
 import math
 from html import escape
 
+from stmed import corrupt
 from stmed.view.cards import Card, Prediction, Unit, answer_type, eval_mark, outcomes
 from stmed.view.scrub import Scrubber
 from stmed.view.thumbs import Thumb
@@ -108,8 +109,8 @@ class CardRenderer:
             head.append(f'<span class="atype">{escape(atype)}</span>')
         if "chosen" in rec and "rejected" in rec:
             head.append(f'<span class="badge pair">pair \u00b7 margin {escape(_num(rec.get("margin")))}</span>')
-        if rec.get("hard_negative"):
-            head.append(f'<span class="badge hard">hard negative: {self.m(rec["hard_negative"])}</span>')
+        if rec.get(corrupt.HARD_NEGATIVE):
+            head.append(f'<span class="badge hard">hard negative: {self.m(rec[corrupt.HARD_NEGATIVE])}</span>')
         if "skip" in rec:
             margin = f"{SEP}margin {escape(_num(rec['margin']))}" if "margin" in rec else ""
             head.append(f'<span class="badge skipped">skipped: {self.m(rec["skip"])}{margin}</span>')
@@ -118,7 +119,7 @@ class CardRenderer:
         body = [f'<section class="unit" data-o="{" ".join(tags)}" data-t="{escape(atype or "")}">',
                 f'<header>{"".join(head)}</header>']
         if corrupted is not None:
-            body.append(self.beside(thumb, corrupted, rec.get("corrupt")))
+            body.append(self.beside(thumb, corrupted, rec.get(corrupt.FIELD)))
         if rec.get("question"):
             body.append(f'<p class="question"><span class="lbl">Q</span> {self.t(rec["question"])}</p>')
         if unit.predictions:
@@ -146,12 +147,12 @@ class CardRenderer:
         """Each sampled answer with its seed, then those on the corrupted image; the chosen and
         the rejected one marked (a hard negative's judge numbers them in that order too)."""
         items = []  # (text, seed, on the corrupted image)
-        for key in ("answers", "corrupt_answers"):
+        for key in ("answers", corrupt.ANSWERS):
             raw = rec.get(key)
             if isinstance(raw, list):
                 for a in raw:
                     text, seed = (a.get("text"), a.get("seed")) if isinstance(a, dict) else (a, None)
-                    items.append((text, seed, key == "corrupt_answers"))
+                    items.append((text, seed, key == corrupt.ANSWERS))
         has_pair = "chosen" in rec and "rejected" in rec
         if not items and has_pair:
             items = [(rec["chosen"], None, False), (rec["rejected"], None, False)]
