@@ -17,7 +17,7 @@ import re
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import TypeVar
 
 from stmed.api import ChatRequest, ChatResult, Usage
@@ -35,6 +35,11 @@ class OpenAIConfig(ClientSettings):
     max_attempts: int = 10
     backoff_max: float = 60.0
     max_retry_after: float = 300.0  # a longer Retry-After is capped, not obeyed blindly
+
+    @classmethod
+    def of(cls, settings: ClientSettings, model: str) -> OpenAIConfig:
+        """The whole configuration for ``model`` from a config's client settings."""
+        return cls(model=model, **{f.name: getattr(settings, f.name) for f in fields(ClientSettings)})
 
 
 class RequestFailed(RecordError):

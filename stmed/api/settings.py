@@ -5,7 +5,7 @@ openai SDK load in stmed.api.openai_client only when a request is made), so ``--
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 from stmed.errors import InputError
 from stmed.options import opt, option_fields
@@ -33,12 +33,6 @@ class ClientSettings:
             raise InputError(f"--concurrency {self.concurrency}: must be at least 1")
         if self.timeout <= 0 or self.max_request_seconds <= 0:
             raise InputError("--timeout and --max-request-time must be positive")
-
-    def for_model(self, model: str):
-        """The client's whole configuration for ``model`` (stmed.api.openai_client.OpenAIConfig)."""
-        from stmed.api.openai_client import OpenAIConfig
-
-        return OpenAIConfig(model=model, **{f.name: getattr(self, f.name) for f in fields(ClientSettings)})
 
 
 def client_flag(name: str, prefix: str | None = None):

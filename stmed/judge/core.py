@@ -85,9 +85,9 @@ class JudgeCore:
     @property
     def client(self):
         if self._client is None:
-            from stmed.api.openai_client import OpenAIClient
+            from stmed.api.openai_client import OpenAIClient, OpenAIConfig
 
-            self._client = OpenAIClient(self.settings.for_model(self.model))
+            self._client = OpenAIClient(OpenAIConfig.of(self.settings, self.model))
         return self._client
 
     async def ask(self, req: ChatRequest, parse: Parse) -> Reply:
