@@ -1,5 +1,6 @@
-"""The shape of the code, checked: no import circles, every stage flag generated from its config
-field (one default, one help), one registry of engines and judge backends."""
+"""The shape of the code, checked: no import circles, no module importing a layer above its own,
+every stage flag generated from its config field (one default, one help), one registry of
+engines and judge backends."""
 
 from __future__ import annotations
 
@@ -53,6 +54,47 @@ def test_no_import_circles():
     for m in sorted(graph):
         if m not in state:
             visit(m, [m])
+
+
+# stmed's floors, top first: a module may import its own floor and those below, never one above
+# (type-only imports included). A new top-level module or package takes its place here.
+LAYERS = [
+    ["stmed.cli"],
+    ["stmed.view", "stmed.train"],
+    ["stmed.stages"],
+    ["stmed.evaluation"],
+    ["stmed.judge"],
+    ["stmed.engines"],
+    ["stmed.registry"],
+    ["stmed.core"],
+    ["stmed.api"],
+    ["stmed.distributed", "stmed.images"],
+    ["stmed.records", "stmed.corrupt", "stmed.prompts", "stmed.progress", "stmed.options", "stmed.paths"],
+    ["stmed.errors"],
+    ["stmed"],
+]
+
+
+def _floor(module: str) -> int:
+    top = ".".join(module.split(".")[:2])
+    floor = next((i for i, names in enumerate(LAYERS) if top in names), None)
+    assert floor is not None, f"{top} is on no floor of LAYERS in tests/test_architecture.py: place it"
+    return floor
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """Every import of a module on a floor above the importer's, as "a -> b"."""
+    return [f"{m} -> {n}" for m in sorted(graph) for n in sorted(graph[m]) if _floor(n) < _floor(m)]
+
+
+def test_no_module_imports_a_floor_above_its_own():
+    assert upward_imports(_imports()) == [], "an import goes up a floor (see LAYERS)"
+
+
+def test_the_floor_check_sees_an_upward_arrow():
+    """The arrow judge -> stages (the judge's Outcome and record images, once) is what it must catch."""
+    graph = {"stmed.judge.common": {"stmed.stages.runner", "stmed.records"}, "stmed.stages.runner": {"stmed.records"}}
+    assert upward_imports(graph) == ["stmed.judge.common -> stmed.stages.runner"]
 
 
 TOKEN_PATH = ("stmed.core.prompt", "stmed.core.chat", "stmed.core.tokens", "stmed.core.template")  # top to bottom
