@@ -60,7 +60,7 @@ def test_no_import_circles():
 # (type-only imports included). A new top-level module or package takes its place here.
 LAYERS = [
     ["stmed.cli"],
-    ["stmed.experiments", "stmed.view", "stmed.train"],
+    ["stmed.experiments", "stmed.view", "stmed.train", "stmed.convert"],
     ["stmed.stages"],
     ["stmed.evaluation"],
     ["stmed.judge"],
@@ -203,3 +203,19 @@ def test_a_missing_vllm_is_one_line(tiny_model, tmp_path):
     r = run_stmed("answer", inp, "-m", tiny_model, "--engine", "vllm", "-o", tmp_path / "a.jsonl")
     assert r.returncode == 2 and "vLLM is not installed in this environment; `make vllm-env`" in r.stderr
     assert r.stderr.strip().count("\n") == 0 and not (tmp_path / "a.jsonl").exists()
+
+
+def test_no_module_imports_another_modules_private_name():
+    """A leading underscore means "this module's own": what another module needs is made public by its owner."""
+    allowed = {  # older ones, not yet made public by their owners
+        ("stmed.core.chat", "stmed.core.template._SENTINEL"),
+        ("stmed.evaluation.parquet", "stmed.evaluation.loaders._question_type"),
+    }
+    found = set()
+    for p in PACKAGE.rglob("*.py"):
+        name = ".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        for node in ast.walk(ast.parse(p.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("stmed") and node.module != name:
+                found |= {(name, f"{node.module}.{a.name}") for a in node.names
+                          if a.name.startswith("_") and not a.name.startswith("__")}
+    assert not found - allowed, f"private names imported from another module: {sorted(found - allowed)}"
