@@ -451,17 +451,14 @@ def test_chat_template_flag_and_its_old_name(tmp_path, tools_path):
     assert json.loads(r.stdout)["template"] == "mistral_instruct" and "note:" not in r.stderr, r.stderr
     r = run_stmed("convert", src, "-o", tmp_path / "old", "--template", "mistral_instruct")
     assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stderr.splitlines()[0] == ("stmed: note: --template is now --chat-template; the old name goes in "
-                                        "the next release"), r.stderr
+    assert r.stderr.splitlines()[0] == ("stmed: note: stmed convert --template is now --chat-template; the old "
+                                        "spelling goes in the next release"), r.stderr
     assert r.stderr.count("stmed: note:") == 1 and json.loads(r.stdout)["template"] == "mistral_instruct"
     written = sorted(f.name for f in (tmp_path / "new").iterdir())
     assert written == sorted(f.name for f in (tmp_path / "old").iterdir()) and "model.safetensors" in written
     for name in written:  # the same folder either way
         assert (tmp_path / "old" / name).read_bytes() == (tmp_path / "new" / name).read_bytes(), name
     assert "[INST]" in (tmp_path / "new" / "chat_template.jinja").read_text()
-    r = run_stmed("convert", src, "-o", tmp_path / "both", "--template", "vicuna_v1", "--chat-template", "vicuna_v1")
-    assert r.returncode == 2 and r.stderr == ("stmed: error: --template is the old name of --chat-template; "
-                                              "pass only --chat-template\n"), r.stderr
     r = run_stmed("convert", src, "-o", tmp_path / "bad", "--chat-template", "llama3")
     assert r.returncode == 2 and r.stderr == ("stmed: error: --chat-template 'llama3': expected one of vicuna_v1, "
                                               "mistral_instruct\n"), r.stderr

@@ -39,6 +39,7 @@ RENAMED = {
     ("answer", "--backend"): "--engine",
     ("eval", "--backend"): "--engine",
     ("inspect", "-q"): "--question",  # -q is --quiet everywhere else
+    ("convert", "--template"): "--chat-template",  # answer's --template is a prompt file
 }
 
 

@@ -3,11 +3,10 @@ llava-hf folder every other command loads."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -15,10 +14,6 @@ from stmed.cli import common as c
 from stmed.cli.app import app
 from stmed.convert import ConvertOptions
 from stmed.options import options
-
-# --template was this flag's name until --chat-template took it; answer's --template is a prompt file
-OldTemplate = Annotated[Optional[str], typer.Option("--template", hidden=True, help="Old name of --chat-template.")]
-
 
 @app.command("convert")
 @c.command
@@ -29,17 +24,11 @@ def convert(
     output: Annotated[Path, typer.Option("-o", "--output", help="Folder to write the converted model to.")],
     opts: ConvertOptions,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Write into a folder that is not empty.")] = False,
-    template: OldTemplate = None,
 ) -> int:
     """Convert LLaVA-1.5, LLaVA-Med v1.5 or STLLaVA-Med (cluster projector, LoRA) weights for stmed."""
     from stmed.convert import convert as run
     from stmed.errors import InputError
 
-    if template is not None:
-        if opts.chat_template is not None:
-            raise InputError("--template is the old name of --chat-template; pass only --chat-template")
-        print("stmed: note: --template is now --chat-template; the old name goes in the next release", file=sys.stderr)
-        opts = dataclasses.replace(opts, chat_template=template)
     if output.exists() and any(output.iterdir()) and not overwrite:
         raise InputError(f"-o {output}: the folder is not empty; pass --overwrite to write into it")
     done = run(src, output, opts)
