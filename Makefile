@@ -102,27 +102,35 @@ eval: $(STAMP)
 	$(BIN)/stmed report $(EVAL_OUT)/*.json --markdown "$(EVAL_OUT)/report.md"
 
 ## reproduce-paper: convert the STLLaVA-Med release and eval it as the paper's table (dry without a GPU, or DRY=1)
-STLLAVA    ?= models/stllava-med-7b              # ZachSun/stllava-med-7b, original LLaVA layout
-CLIP       ?= models/clip-vit-large-patch14-336  # its vision tower (openai/clip-vit-large-patch14-336)
+REPRODUCE_RUN ?= examples/reproduce.yaml         # the declaration; the variables below override it
+STLLAVA    ?=                                    # ZachSun/stllava-med-7b, original LLaVA layout
+CLIP       ?=                                    # its vision tower (openai/clip-vit-large-patch14-336)
 MODEL_BASE ?=                                    # a LoRA folder's base (the release: liuhaotian/llava-v1.5-7b)
 VIT_LORA   ?=                                    # ZachSun/stllava-med-7b-vit, where it is a peft adapter
-PAPER_OUT  ?= runs/paper
+PAPER_OUT  ?=                                    # default: the declaration's (runs/paper)
 DRY        ?= $(shell $(BIN)/python -c "import torch; print('' if torch.cuda.is_available() else 1)" 2>/dev/null || echo 1)
+# --FLAG "VALUE" when the variable is set
+set_flag = $(if $(strip $(2)),$(1) "$(strip $(2))")
 reproduce-paper: $(STAMP)
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python tools/reproduce_paper.py $(if $(strip $(DRY)),--dry) \
-	  STLLAVA="$(strip $(STLLAVA))" CLIP="$(strip $(CLIP))" MODEL_BASE="$(strip $(MODEL_BASE))" VIT_LORA="$(strip $(VIT_LORA))" \
-	  PATHVQA="$(or $(strip $(PATHVQA)),hub)" OUT="$(strip $(PAPER_OUT))"
+	$(BIN)/python -m stmed.cli reproduce $(REPRODUCE_RUN) $(if $(strip $(DRY)),--dry-run) \
+	  $(call set_flag,--release,$(STLLAVA)) $(call set_flag,--vision-tower,$(CLIP)) \
+	  $(call set_flag,--model-base,$(MODEL_BASE)) $(call set_flag,--vision-lora,$(VIT_LORA)) \
+	  $(call set_flag,--data,$(if $(filter-out hub,$(strip $(PATHVQA))),pathvqa=$(strip $(PATHVQA)))) \
+	  $(call set_flag,--output,$(PAPER_OUT))
 
 ## compare: preference variants trained from the same pairs and seed, evaluated on the same benchmarks, one report
-PAIRS    ?= runs/selftrain/round-1/pairs.jsonl   # stmed judge's pairs
+COMPARE_RUN ?= examples/compare.yaml             # the declaration (default: make demo's data, minutes on a CPU)
+PAIRS    ?=                                      # stmed judge's pairs (default: the declaration's)
 HARD_PAIRS ?=                                    # stmed judge --hard-negative corrupt's pairs (adds hard-negatives)
-VARIANTS ?=                                      # comma list; empty: every variant (tools/compare_methods.py)
-BENCH    ?= vqa-rad,slake
-COMPARE_OUT ?= runs/compare
+VARIANTS ?=                                      # comma list; default: every variant (stmed compare --help)
+BENCH    ?=                                      # comma list; default: the declaration's
+COMPARE_OUT ?=                                   # default: the declaration's (runs/compare)
+# MODEL reaches compare only when given (on the command line or in the environment): its default is make selftrain's
 compare: $(STAMP)
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python tools/compare_methods.py PAIRS="$(strip $(PAIRS))" \
-	  HARD_PAIRS="$(strip $(HARD_PAIRS))" MODEL="$(strip $(MODEL))" VARIANTS="$(strip $(VARIANTS))" \
-	  BENCH="$(strip $(BENCH))" OUT="$(strip $(COMPARE_OUT))" DPO_ARGS="$(DPO_ARGS)" EVAL_ARGS="$(EVAL_ARGS)"
+	$(BIN)/python -m stmed.cli compare $(COMPARE_RUN) \
+	  $(if $(filter file,$(origin MODEL)),,$(call set_flag,--model,$(MODEL))) \
+	  $(call set_flag,--pairs,$(PAIRS)) $(call set_flag,--hard-pairs,$(HARD_PAIRS)) \
+	  $(call set_flag,--variants,$(VARIANTS)) $(call set_flag,--bench,$(BENCH)) $(call set_flag,--output,$(COMPARE_OUT))
 
 ## docs: regenerate docs/cli.md from every command's --help
 docs: $(STAMP)

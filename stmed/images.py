@@ -11,9 +11,15 @@ import base64
 import hashlib
 import io
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from stmed.errors import ImageError
+from stmed.errors import ImageError, RecordError
+
+if TYPE_CHECKING:
+    from stmed.corrupt import Corruption
+    from stmed.records import Record
 
 MAX_PIXELS = 120_000_000  # decompression-bomb guard: about 11k x 11k; whole-slide images need tiling first
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # LLaVA pads with the vision processor's mean colour
@@ -226,6 +232,40 @@ def fit_pixels(img, max_pixels: int | None):
 def prepare(img, pad_square: bool = False, max_pixels: int | None = None):
     """The image a model sees: padded square (LLaVA's ``pad``) when asked, then bounded in pixels."""
     return fit_pixels(pad_to_square(img) if pad_square else img, max_pixels)
+
+
+def record_image(rec: Record, image_root: Path | None = None, pad_square: bool = False, max_pixels: int | None = None,
+                 corrupt: Corruption | None = None):
+    """The record's image as RGB (optionally corrupted, padded square, bounded in pixels), or
+    RecordError naming file:line."""
+    image = rec.get("image")
+    if image is not None and not isinstance(image, str):
+        raise RecordError(f"{rec.where}: field 'image' must be str, got {type(image).__name__}")
+    if not image:
+        raise RecordError(f"{rec.where}: missing field 'image'")
+    try:
+        path = resolve_path(image, rec.base_dir, image_root)
+        stat = path.stat()
+        return _load(str(path), stat.st_mtime_ns, stat.st_size, pad_square, max_pixels, corrupt)
+    except FileNotFoundError:
+        raise RecordError(f"{rec.where}: {path}: image not found") from None
+    except RecordError as e:  # an image from a folder input: its "where" is the image's path already
+        raise RecordError(str(e) if str(e).startswith(f"{rec.where}: ") else f"{rec.where}: {e}") from None
+    except (OSError, ValueError) as e:  # a name too long or holding a NUL byte, a permission denied
+        raise RecordError(f"{rec.where}: {short_path(image)!r}: cannot read the image "
+                          f"({getattr(e, 'strerror', None) or e})") from None
+
+
+@lru_cache(maxsize=8)
+def _load(path: str, mtime_ns: int, size: int, pad_square: bool, max_pixels: int | None,
+          corrupt: Corruption | None = None):
+    """Questions about one image sit together: decode it once, not once per question. Keyed by
+    modification time and size so a rewritten file is read again; small, as images can be big.
+    A corruption works on the decoded pixels, before padding and resizing, as every stage rebuilds it."""
+    img, _ = load_image(path)
+    if corrupt is not None:
+        img = corrupt.apply(img)
+    return prepare(img, pad_square, max_pixels)
 
 
 def encode_for_api(img, max_side: int = 1024, quality: int = 90) -> tuple[str, str]:

@@ -131,11 +131,21 @@ def is_path(tp) -> bool:
     return tp is Path or any(is_path(a) for a in args if a is not type(None))
 
 
+def _metavar(tp) -> str | None:
+    """FILE for a path, TEXT or N for a list of them (typer would show ``<list[str]>``), else typer's own."""
+    if is_path(tp):
+        return "FILE"
+    lists = [a for a in (tp, *typing.get_args(tp)) if typing.get_origin(a) is list]
+    if lists:
+        return "N" if typing.get_args(lists[0]) in ((int,), (float,)) else "TEXT"
+    return None
+
+
 def _typer_option(option: Option, tp=None):
     import typer
 
     limits = {k: v for k, v in (("min", option.min), ("max", option.max)) if v is not None}
-    metavar = option.metavar or ("FILE" if is_path(tp) else None)
+    metavar = option.metavar or _metavar(tp)
     # no flags given: typer's own, from the name (--pad-square/--no-pad-square for a switch)
     return typer.Option(*option.flags, help=option.help, metavar=metavar, **limits)
 

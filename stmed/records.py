@@ -4,6 +4,8 @@ Reading is strict: the whole input is checked before a stage writes anything, so
 file stops with one line naming file:line. Writing is resumable: an existing output file is
 scanned for the keys it already holds (a torn last line from a killed run is repaired), and
 every record is written as one line and flushed, so a killed run loses at most what was in flight.
+What a stage made of one record is an ``Outcome`` (done, skipped or failed), which the stage
+runner (stmed.stages.runner) writes where it belongs.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -137,6 +140,35 @@ def answer_texts(record: Record) -> list[str]:
             raise RecordError(f"{record.where}: every answer must be a string or an object with 'text'")
         out.append(text)
     return out
+
+
+@dataclass
+class Outcome:
+    """What a stage made of one unit of its input.
+
+    ``done``: ``records`` go to the output. ``skipped``: a decision not to make a record (the
+    judge's ties), ``records`` go to the skipped file with their reason. ``failed``: ``records``
+    holds the input record, ``error`` the one line naming its file:line, ``raw`` any replies
+    that could not be parsed."""
+
+    kind: str  # done | skipped | failed
+    records: list[dict]
+    error: str | None = None
+    raw: list[str] | None = None
+    tokens: int = 0  # tokens generated for it, for the rate in the summary
+
+    @property
+    def record(self) -> dict:
+        return self.records[0]
+
+    @classmethod
+    def done(cls, *records: dict, tokens: int = 0) -> Outcome:
+        return cls("done", list(records), tokens=tokens)
+
+    @classmethod
+    def failed(cls, record, error: str, raw: list[str] | None = None) -> Outcome:
+        where = getattr(record, "where", "?")
+        return cls("failed", [record], error if error.startswith(where) else f"{where}: {error}", raw)
 
 
 def scan_output(path: Path, key: str = "id", *, repair: bool = True) -> set[str]:

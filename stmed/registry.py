@@ -17,9 +17,6 @@ from dataclasses import dataclass
 from stmed.errors import InputError, did_you_mean, renamed
 
 GENERATE, JUDGE = "generate", "judge"
-API_KEY_ENV = "OPENAI_API_KEY"
-CONCURRENCY = 16
-BASE_URL_HELP = "Server URL of an OpenAI-compatible API, e.g. http://127.0.0.1:8000/v1 (default: api.openai.com)."
 
 
 @dataclass(frozen=True)

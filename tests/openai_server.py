@@ -168,7 +168,7 @@ class Server(ThreadingHTTPServer):
                             "error": {"code": "invalid_request", "message": "messages is required"}})
                 continue
             done += 1
-            reply = completion(body, self.position_bias)
+            reply = completion(body, self.position_bias, reply=self.reply)  # scripted replies too
             out.append({"id": f"batch_req_{done}", "custom_id": req.get("custom_id"),
                         "response": {"status_code": 200, "request_id": f"req_{done}", "body": reply}, "error": None})
         dump = lambda rows: "".join(json.dumps(r) + "\n" for r in rows).encode()  # noqa: E731

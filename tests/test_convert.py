@@ -173,7 +173,7 @@ def tools_path():
 
 @pytest.fixture(scope="module", params=list(CASES))
 def converted(request, tmp_path_factory, tools_path):
-    from stmed.core.convert import ConvertOptions, convert
+    from stmed.convert import ConvertOptions, convert
 
     kind, projector, inside, _ = CASES[request.param]
     root = tmp_path_factory.mktemp(request.param)
@@ -265,7 +265,7 @@ def test_lora_checkpoint_merges_onto_its_base(tmp_path, tools_path):
     """A --lora_enable run: adapter weights and non_lora_trainables.bin, merged onto --model-base."""
     import torch
 
-    from stmed.core.convert import ConvertOptions, convert
+    from stmed.convert import ConvertOptions, convert
 
     state = original(tmp_path / "base", tmp_path / "clip", kind="llava_llama")
     lora = tmp_path / "lora"
@@ -308,7 +308,7 @@ def test_a_checkpoint_in_parts_takes_its_projector_file(tmp_path, tools_path):
     import torch
     from safetensors.torch import load_file, save_file
 
-    from stmed.core.convert import ConvertOptions, convert
+    from stmed.convert import ConvertOptions, convert
 
     src = tmp_path / "llm"
     state = original(src, tmp_path / "clip", kind="llava_llama")
@@ -417,33 +417,13 @@ def test_a_string_content_template_renders_image_turns_as_the_original_code(conv
     assert "<image>" in shown["prompt_tokens"] and "[/INST]" in "".join(shown["prompt_tokens"]).replace("▁", " ")
 
 
-def test_reproduce_paper_dry_run_prints_the_commands_and_checks_the_inputs(tmp_path, tools_path):
-    import subprocess
-    import sys
-
-    from conftest import ROOT
-
-    script = ROOT / "tools" / "reproduce_paper.py"
-    r = subprocess.run([sys.executable, script, "--dry", f"STLLAVA={tmp_path}/none", f"CLIP={tmp_path}/clip",
-                        "PATHVQA=hub", f"OUT={tmp_path}/out"], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0 and "missing: STLLAVA=" in r.stderr and "missing: CLIP=" in r.stderr, r.stderr
-    assert "slake open 46.69 / closed 57.69" in r.stderr and "pathvqa open 11.92 / closed 52.90" in r.stderr
-    lines = r.stdout.splitlines()
-    assert lines[0].startswith(f"stmed convert {tmp_path}/none -o {tmp_path}/out/stllava-med-7b-hf --vision-tower")
-    assert [x.split()[3] for x in lines[1:4]] == ["vqa-rad", "slake", "pathvqa"] and lines[4].startswith("stmed report")
-    original(tmp_path / "orig", tmp_path / "clip")
-    r = subprocess.run([sys.executable, script, "--dry", f"STLLAVA={tmp_path}/orig", f"CLIP={tmp_path}/clip",
-                        "PATHVQA=hub", f"OUT={tmp_path}/out"], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0 and "missing:" not in r.stderr, r.stderr
-
-
 def test_stllava_med_as_released_a_cluster_projector_over_llava_15(tmp_path, tools_path):
     """ZachSun/stllava-med-7b as its builder.py loads it: LoRA + non_lora_trainables.bin (the cluster
     projector) over liuhaotian/llava-v1.5-7b (an mlp2x_gelu projector, replaced)."""
     import torch
     from safetensors.torch import load_file
 
-    from stmed.core.convert import ConvertOptions, convert
+    from stmed.convert import ConvertOptions, convert
 
     original(tmp_path / "llava-1.5", tmp_path / "clip", kind="llava_llama")
     cluster = original(tmp_path / "donor", tmp_path / "clip", kind="llava_llama", projector="cluster", seed=5)
@@ -460,3 +440,25 @@ def test_stllava_med_as_released_a_cluster_projector_over_llava_15(tmp_path, too
     assert not any(k.endswith("multi_modal_projector.linear_1.weight") and not torch.equal(
         v, cluster["model.mm_projector.mlp.0.weight"]) for k, v in out.items())
     assert any(k.endswith("multi_modal_projector.sim_alpha") for k in out)
+
+
+def test_chat_template_flag_and_its_old_name(tmp_path, tools_path):
+    """--chat-template picks the template written; --template still does, with a one-line note."""
+    src = tmp_path / "orig"
+    original(src, tmp_path / "clip", kind="llava_llama")
+    r = run_stmed("convert", src, "-o", tmp_path / "new", "--chat-template", "mistral_instruct")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout)["template"] == "mistral_instruct" and "note:" not in r.stderr, r.stderr
+    r = run_stmed("convert", src, "-o", tmp_path / "old", "--template", "mistral_instruct")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stderr.splitlines()[0] == ("stmed: note: stmed convert --template is now --chat-template; the old "
+                                        "spelling goes in the next release"), r.stderr
+    assert r.stderr.count("stmed: note:") == 1 and json.loads(r.stdout)["template"] == "mistral_instruct"
+    written = sorted(f.name for f in (tmp_path / "new").iterdir())
+    assert written == sorted(f.name for f in (tmp_path / "old").iterdir()) and "model.safetensors" in written
+    for name in written:  # the same folder either way
+        assert (tmp_path / "old" / name).read_bytes() == (tmp_path / "new" / name).read_bytes(), name
+    assert "[INST]" in (tmp_path / "new" / "chat_template.jinja").read_text()
+    r = run_stmed("convert", src, "-o", tmp_path / "bad", "--chat-template", "llama3")
+    assert r.returncode == 2 and r.stderr == ("stmed: error: --chat-template 'llama3': expected one of vicuna_v1, "
+                                              "mistral_instruct\n"), r.stderr

@@ -17,7 +17,8 @@ from openai_server import serve
 from stmed.corrupt import Corruption
 from stmed.images import encode_for_api, load_image
 from stmed.records import read_records
-from stmed.stages.common import record_image, seed_for
+from stmed.images import record_image
+from stmed.stages.common import seed_for
 from stmed.stages.judge import JudgeConfig, judge as judge_records
 from stmed.stages.runner import Files
 

@@ -195,7 +195,7 @@ def test_missing_key_and_bad_flags_stop_before_any_output(tmp_path, monkeypatch)
 
 
 def test_cache_key_depends_on_the_server_but_never_on_the_key():
-    from stmed.backends import ChatRequest
+    from stmed.api import ChatRequest
 
     req = ChatRequest([{"role": "user", "content": "Which answer is better?"}], image_sha="ab" * 32)
     a = req.cache_key("llava-med", "http://10.0.0.1:8000/v1")

@@ -191,8 +191,8 @@ def test_a_killed_training_rank_stops_the_run_and_resume_finishes_it(dpo_runs, t
     while not (out / "checkpoint-1" / "trainer_state.json").exists():
         assert proc.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
         time.sleep(0.05)
-    workers = [p for p in _descendants(proc.pid) if "stmed.cli" in " ".join(p.cmdline())]
-    (victim,) = [p for p in workers if p.environ().get("RANK") == "1"]
+    workers = [p for p in _descendants(proc.pid) if "stmed.cli" in " ".join(_cmdline(p))]
+    (victim,) = [p for p in workers if _environ(p).get("RANK") == "1"]
     victim.send_signal(signal.SIGKILL)
     try:
         proc.communicate(timeout=90)
@@ -329,6 +329,25 @@ def many_questions(tiny_model, tmp_path_factory):
     return q, ref
 
 
+def _environ(p) -> dict:
+    """A process's environment, or {} when it has ended since it was listed (a short-lived child)."""
+    import psutil
+
+    try:
+        return p.environ()
+    except (psutil.Error, ProcessLookupError):
+        return {}
+
+
+def _cmdline(p) -> list[str]:
+    import psutil
+
+    try:
+        return p.cmdline()
+    except (psutil.Error, ProcessLookupError):
+        return []
+
+
 def _descendants(pid: int) -> list:
     import psutil
 
@@ -364,8 +383,8 @@ def test_a_killed_rank_stops_the_run_and_a_rerun_resumes(how, many_questions, ti
         deadline = time.time() + 120
         victim = None
         while victim is None and time.time() < deadline:
-            victim = next((p for p in _descendants(procs[0].pid) if p.environ().get("RANK") == "1"
-                           and "stmed.cli" in " ".join(p.cmdline())), None)
+            victim = next((p for p in _descendants(procs[0].pid) if _environ(p).get("RANK") == "1"
+                           and "stmed.cli" in " ".join(_cmdline(p))), None)
             time.sleep(0.05)
         assert victim is not None, "rank 1 never started"
         victims = [victim]

@@ -137,6 +137,6 @@ def test_help_shows_files_and_folders_not_python_types():
         for flag in ("--image-root", "--batch-dir"):
             if flag in text:
                 assert re.search(rf"{flag} DIR\b", text), f"stmed {name}: {flag} is a folder"
-        for flag in ("--errors", "--chat-template", "--config", "--summary", "--collect"):
+        for flag in ("--errors", "--config", "--summary", "--collect") + (("--chat-template",) if name != "convert" else ()):
             if re.search(rf"^ +{flag}\b", text, re.M):
                 assert re.search(rf"^ +{flag} FILE\b", text, re.M), f"stmed {name}: {flag} is a file"

@@ -72,10 +72,11 @@ def child_old(file: str, limit: int) -> None:
     import pyarrow.parquet as pq
 
     from stmed.evaluation.loaders import make_item
-    from stmed.evaluation.parquet import _write_image, cache_dir
+    from stmed.evaluation.parquet import _write_image
+    from stmed.paths import cache_root
     from stmed.records import select
 
-    out_dir = cache_dir() / "parquet-images"
+    out_dir = cache_root() / "parquet-images"
     out_dir.mkdir(parents=True, exist_ok=True)
     items = []
     for i, r in enumerate(pq.read_table(file).to_pylist()):  # the old loader, line for line

@@ -99,7 +99,7 @@ def naive_pipeline(loaded, records, n_questions: int, lengths: dict) -> tuple[fl
 
     from stmed import prompts
     from stmed.core.prompt import render
-    from stmed.stages.common import record_image
+    from stmed.images import record_image
 
     proc, tok = loaded.processor, loaded.tokenizer
     made = [0]

@@ -11,6 +11,7 @@ from stmed.cli import judge  # noqa: F401
 from stmed.cli import train  # noqa: F401
 from stmed.cli import view  # noqa: F401
 from stmed.cli import convert  # noqa: F401
+from stmed.cli import experiments  # noqa: F401
 
 
 def main() -> None:

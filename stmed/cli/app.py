@@ -28,6 +28,8 @@ EXAMPLES = {
     "dpo": "stmed dpo pairs.jsonl -m llava-hf/llava-1.5-7b-hf -o runs/dpo --merge",
     "eval": "stmed eval --bench vqa-rad -m runs/dpo/merged -o vqa-rad.jsonl --summary vqa-rad.json",
     "report": "stmed report runs/eval/base.json runs/eval/dpo.json --markdown report.md",
+    "compare": "stmed compare examples/compare.yaml --dry-run",
+    "reproduce": "stmed reproduce examples/reproduce.yaml --dry-run",
     "view": "stmed view pairs.jsonl -o pairs.html",
     "convert": "stmed convert models/stllava-med-7b -o models/stllava-med-7b-hf",
 }
@@ -41,6 +43,7 @@ RENAMED = {
     ("inspect", "-q"): "--question",  # -q is --quiet everywhere else
     ("judge", "--json"): ("--response-format", {"on": "json", "off": "text"}),
     ("report", "--json"): "--json-out",
+    ("convert", "--template"): "--chat-template",  # answer's --template is a prompt file
 }
 
 

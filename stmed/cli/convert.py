@@ -12,9 +12,8 @@ import typer
 
 from stmed.cli import common as c
 from stmed.cli.app import app
-from stmed.core.convert import ConvertOptions
+from stmed.convert import ConvertOptions
 from stmed.options import options
-
 
 @app.command("convert")
 @c.command
@@ -27,7 +26,7 @@ def convert(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Write into a folder that is not empty.")] = False,
 ) -> int:
     """Convert LLaVA-1.5, LLaVA-Med v1.5 or STLLaVA-Med (cluster projector, LoRA) weights for stmed."""
-    from stmed.core.convert import convert as run
+    from stmed.convert import convert as run
     from stmed.errors import InputError
 
     if output.exists() and any(output.iterdir()) and not overwrite:

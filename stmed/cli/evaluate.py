@@ -45,7 +45,7 @@ def eval_(
 
     if (model is None) == (predictions is None):
         c.fail("pass either -m MODEL (generate answers) or --predictions FILE (score an answer file)")
-    judge = _open_judge(judge_cfg)  # a missing API key stops here, before any work
+    judge = _open_judge(judge_cfg, spec, files)  # a missing API key stops here, before any work
     bench_data = benchmarks.load_benchmark(bench, data, fmt=format, split=split, lang=lang, image_root=cfg.image_root)
     items = select(bench_data.items, limit=limit)
     _announce(bench_data, len(items), files.quiet or not world().main)
@@ -62,22 +62,32 @@ def eval_(
     return code
 
 
-def _open_judge(cfg: OpenJudgeConfig):
+def _open_judge(cfg: OpenJudgeConfig, spec: ModelSpec, files: Files):
     """The open-answer judge --open-judge asks for (None without it), its key and prices checked."""
     if not cfg.enabled:
         return None
-    from stmed.backends.openai_client import api_key_from_env
+    from stmed.api.openai_client import api_key_from_env
+    from stmed.distributed import world
     from stmed.errors import InputError
     from stmed.evaluation.open_judge import OpenJudge, open_cache
     from stmed.judge.cost import load_prices
+    from stmed.records import sibling_path
 
-    try:
-        api_key_from_env(cfg.api_key_env, cfg.base_url)
-    except InputError:
-        raise InputError(f"--open-judge: no API key: set {cfg.api_key_env} (or name another variable with "
-                         "--open-judge-api-key-env)") from None
+    if cfg.backend == "batch" and world().active:
+        raise InputError("--open-judge-backend batch runs as one process (the Batch API does the scaling); "
+                         "start it without a launcher")
+    if cfg.backend != "local":
+        try:
+            api_key_from_env(cfg.api_key_env, cfg.base_url)
+        except InputError:
+            raise InputError(f"--open-judge: no API key: set {cfg.api_key_env} (or name another variable with "
+                             "--open-judge-api-key-env)") from None
     prices = load_prices(cfg.prices, cfg.price, cfg.model)
-    return OpenJudge(cfg, cache=open_cache(cfg), prices=prices)
+    judge_spec = ModelSpec(model=cfg.model, device=spec.device, dtype=spec.dtype,
+                           trust_remote_code=spec.trust_remote_code)  # the policy's adapter and template are not its
+    batch_dir = cfg.open_judge_batch_dir or sibling_path(files.output, ".open-judge.batch")
+    return OpenJudge(cfg, cache=None if cfg.backend == "local" else open_cache(cfg), prices=prices, spec=judge_spec,
+                     batch_dir=batch_dir)
 
 
 def _announce(bench_data, selected: int, quiet: bool) -> None:

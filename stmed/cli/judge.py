@@ -13,7 +13,7 @@ from stmed.cli import common as c
 from stmed.cli.app import app
 from stmed.core.model import ModelSpec
 from stmed.options import options
-from stmed.stages.judge import JudgeConfig
+from stmed.judge.config import JudgeConfig
 from stmed.stages.runner import Files
 
 Opt = typer.Option
@@ -25,7 +25,7 @@ Opt = typer.Option
 def judge(
     cfg: JudgeConfig, spec: ModelSpec, files: Files,
     input: Annotated[str, typer.Argument(metavar="INPUT", help="Answer records (>= 2 answers each) as JSONL, or - for stdin.")] = "-",
-    cache: Annotated[Optional[Path], Opt(metavar="FILE", help="SQLite reply cache (default ~/.cache/stmed/judge-cache.sqlite).")] = None,
+    cache: Annotated[Optional[Path], Opt(metavar="FILE", help="SQLite reply cache (default judge-cache.sqlite in $STMED_CACHE_DIR, else ~/.cache/stmed).")] = None,
     no_cache: Annotated[bool, Opt("--no-cache", help="Neither read nor write the reply cache.")] = False,
     prices: Annotated[Optional[Path], Opt(metavar="FILE", help="JSON price table {model: [input, output]} in USD per million tokens.")] = None,
     price: Annotated[Optional[str], Opt(help="IN,OUT USD per million tokens for --judge-model.")] = None,
@@ -48,7 +48,7 @@ def judge(
     table = load_prices(prices, price, cfg.judge_model)
     local = cfg.local_model
     if cfg.asks and not local and not cfg.collect and not cfg.prepare_only:
-        from stmed.backends.openai_client import api_key_from_env
+        from stmed.api.openai_client import api_key_from_env
 
         api_key_from_env(cfg.api_key_env, cfg.base_url)  # a missing key stops here, before any file is opened
     records = c.select(c.open_input(input, nonempty=True), shard=shard, limit=limit)

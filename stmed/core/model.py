@@ -88,7 +88,9 @@ def resolve_dtype(name: str, device):
     return table[name]
 
 
-def _quiet_hf() -> None:
+def quiet_hf() -> None:
+    """transformers quiet but for errors and without progress bars, tokenizers without its fork
+    warning: stderr keeps stmed's own lines and progress bar."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from transformers.utils import logging as hf_logging
 
@@ -119,7 +121,7 @@ def load_weights(model: str, dtype, *, trust_remote_code: bool = False, adapter:
 
     from stmed.core.cluster import register
 
-    _quiet_hf()
+    quiet_hf()
     register()  # a converted STLLaVA-Med (cluster projector) loads without remote code
     with loading_model(model):
         loaded = AutoModelForImageTextToText.from_pretrained(model, dtype=dtype, trust_remote_code=trust_remote_code)
@@ -142,7 +144,7 @@ def load_processor(spec: ModelSpec):
     from stmed.core.cluster import register
     from stmed.core.template import use_template
 
-    _quiet_hf()
+    quiet_hf()
     register()  # AutoProcessor reads config.json's model_type too
     with loading_model(spec.model):
         processor = AutoProcessor.from_pretrained(spec.model, trust_remote_code=spec.trust_remote_code)

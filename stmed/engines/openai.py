@@ -14,18 +14,18 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from stmed.backends import ChatRequest
+from stmed.api import ChatRequest
+from stmed.api.settings import API_KEY_ENV, CONCURRENCY, client_flag
 from stmed.engines.base import settings
 from stmed.errors import InputError
 from stmed.images import encode_for_api
 from stmed.options import opt
-from stmed.registry import API_KEY_ENV, BASE_URL_HELP, CONCURRENCY
 
 
 @dataclass
 class OpenAISettings:
-    base_url: str | None = opt(None, BASE_URL_HELP)
-    api_key_env: str = opt(API_KEY_ENV, "Environment variable holding the API key.")
+    base_url: str | None = client_flag("base_url")  # the client's settings: defaults and help in ClientSettings
+    api_key_env: str = client_flag("api_key_env")
     concurrency: int = opt(CONCURRENCY, "Requests in flight (--engine openai).", min=1)
 
 
@@ -42,7 +42,7 @@ class OpenAIEngine:
 
     def __init__(self, model: str, *, base_url: str | None = None, api_key_env: str = API_KEY_ENV,
                  concurrency: int = CONCURRENCY, max_side: int = 1024, on_error: str = "raise", **client_options):
-        from stmed.backends.openai_client import OpenAIClient, OpenAIConfig  # asyncio: not for --help
+        from stmed.api.openai_client import OpenAIClient, OpenAIConfig  # asyncio: not for --help
 
         self.client = OpenAIClient(OpenAIConfig(model=model, base_url=base_url, api_key_env=api_key_env,
                                                 concurrency=concurrency, **client_options))
@@ -92,6 +92,6 @@ class OpenAIEngine:
             texts = [t for r in got for t in r.texts]
             yield i, GenOutput(texts, [r.usage.completion_tokens // max(len(r.texts), 1) for r in got for _ in r.texts])
         if failed and self.on_error == "raise":
-            from stmed.backends.openai_client import RequestFailed
+            from stmed.api.openai_client import RequestFailed
 
             raise RequestFailed(f"{len(failed)} of {len(requests)} requests failed; first: {failed[0]}")

@@ -14,12 +14,8 @@ from pathlib import Path
 
 from stmed.errors import InputError
 from stmed.evaluation.loaders import Context, _question_type, make_item
+from stmed.paths import cache_root
 from stmed.records import Record
-
-def cache_dir() -> Path:
-    root = os.environ.get("STMED_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "stmed"
-    return Path(root)
-
 
 def _parquet_files(path: Path, split: str) -> list[Path]:
     """A Hugging Face split may be sharded: test-00000-of-00002.parquet and its siblings, or with
@@ -49,7 +45,7 @@ def load_parquet(ctx: Context) -> list[Record]:
     """Hugging Face exports. Only the text columns are read here, batch by batch; each item's
     image stays in the file until ``materialize_images`` writes the ones a run needs."""
     base = ctx.path.resolve().parent
-    out_dir = ctx.image_root or cache_dir() / "parquet-images"
+    out_dir = ctx.image_root or cache_root() / "parquet-images"
     items: list[Record] = []
     for file in _parquet_files(ctx.path, ctx.split):
         pf = _open_parquet(file)

@@ -19,17 +19,16 @@ import sys
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from stmed.backends import ChatResult
-from stmed.backends.openai_client import api_key_from_env, describe, is_transient, redact, request_body
+from stmed.api import ChatRequest, ChatResult
+from stmed.api.openai_client import api_key_from_env, describe, is_transient, redact, request_body
 from stmed.errors import InputError
+from stmed.judge.config import BatchOptions, JudgeConfig
+from stmed.judge.common import Judgement, Outcome, decide, orders, outcome, prepare_or_decide, request_for
+from stmed.judge.core import JudgeCore, Reply
 from stmed.judge.cost import JudgeStats
-from stmed.judge.common import Outcome, decide, judgement_from, orders, outcome, prepare_or_decide, request_for
+from stmed.judge.verdict import parse_scores
 from stmed.records import dumps, write_json
-
-if TYPE_CHECKING:
-    from stmed.stages.judge import JudgeConfig
 
 ENDPOINT = "/v1/chat/completions"
 TERMINAL = {"completed", "failed", "expired", "cancelled"}
@@ -91,7 +90,7 @@ def read_outputs(paths: list[str | Path]) -> dict[str, tuple[ChatResult | None, 
             resp = resp if isinstance(resp, dict) else {}
             body = resp.get("body")
             if not err and resp.get("status_code") == 200 and isinstance(body, dict) and body.get("choices"):
-                from stmed.backends.openai_client import RequestFailed, result_from_completion
+                from stmed.api.openai_client import RequestFailed, result_from_completion
 
                 try:
                     replies[cid] = (result_from_completion(body), None)
@@ -105,12 +104,64 @@ def read_outputs(paths: list[str | Path]) -> dict[str, tuple[ChatResult | None, 
     return replies
 
 
+class BatchRound:
+    """One round of Batch API requests on a judge core: cached replies come back at once, the rest
+    are spooled to disk (each line holds a base64 image), written as request files, sent, polled
+    and read back (``send``), then claimed one by one (``reply``)."""
+
+    def __init__(self, core: JudgeCore, opts: BatchOptions):
+        self.core, self.opts = core, opts
+        opts.folder.mkdir(parents=True, exist_ok=True)
+        self.spool_path = opts.folder / "pending.tmp"
+        self.spool, self.lines = open(self.spool_path, "w", encoding="utf-8"), 0
+        self.replies: dict = {}
+
+    def add(self, req: ChatRequest, cid: str, parse) -> Reply | str:
+        """The cached reply to ``req``, or ``cid`` once its request line is spooled."""
+        hit = self.core.cached(req, parse)
+        if hit is not None:
+            return hit
+        self.spool.write(dumps({"custom_id": cid, "method": "POST", "url": ENDPOINT,
+                                "body": request_body(req, self.core.model)}) + "\n")
+        self.lines += 1
+        return cid
+
+    def send(self) -> bool:
+        """Send what was spooled and read the replies; False when ``prepare_only`` stopped after the files."""
+        self.spool.close()
+        opts = self.opts
+        try:
+            if opts.collected is not None:
+                self.replies = opts.collected
+            elif self.lines:
+                with open(self.spool_path, encoding="utf-8") as lines:
+                    files = write_request_files((x.rstrip("\n") for x in lines), opts.folder, opts.max_requests,
+                                                opts.max_bytes)
+                self.spool_path.unlink()
+                if opts.prepare_only:
+                    print(f"stmed judge: wrote {self.lines} requests in {len(files)} file(s) under {opts.folder}/; "
+                          f"submit them, or run `vllm run-batch -i FILE -o OUT`, then --collect OUT", file=sys.stderr)
+                    return False
+                self.replies = read_outputs(submit_and_wait(opts, files))
+        finally:
+            self.spool_path.unlink(missing_ok=True)
+        return True
+
+    def reply(self, req: ChatRequest, cid: str, parse) -> Reply:
+        """The batch's reply to ``cid`` (counted, and cached when it parses), or one with its error."""
+        result, error = self.replies.get(cid, (None, f"no reply for {cid} in the batch output"))
+        if result is None:
+            return Reply(None, None, "batch", error=str(error))
+        return self.core.paid(req, result, parse, "batch")
+
+
 def run_batch(cfg: JudgeConfig, records: list, stats: JudgeStats, cache) -> Iterator[Outcome]:
-    folder = Path(cfg.batch_dir or "stmed-judge.batch")
-    plans = []  # (prepared record, {order: judgement or custom id})
-    folder.mkdir(parents=True, exist_ok=True)
-    spool_path = folder / "pending.tmp"
-    spool, n_lines = open(spool_path, "w", encoding="utf-8"), 0
+    core = JudgeCore(cfg.judge_model, "batch", client=cfg.client_settings(), cache=cache, stats=stats)
+    batch = BatchRound(core, BatchOptions(
+        Path(cfg.batch_dir or "stmed-judge.batch"), cfg.client_settings(), cfg.max_batch_requests, cfg.max_batch_bytes,
+        cfg.poll_interval, cfg.prepare_only,
+        collected=(cfg.collected if cfg.collected is not None else read_outputs(cfg.collect)) if cfg.collect else None))
+    plans = []  # (prepared record, {order: judgement or (request, custom id)})
     for rec in records:
         prep = prepare_or_decide(rec, cfg, stats)
         if isinstance(prep, Outcome):
@@ -119,54 +170,29 @@ def run_batch(cfg: JudgeConfig, records: list, stats: JudgeStats, cache) -> Iter
         plan = {}
         for order in orders(len(prep.answers), cfg.policy):
             req = request_for(prep, order, cfg)
-            key = req.cache_key(cfg.judge_model, cfg.base_url)
-            hit = cache.get(key)
-            if hit is not None and (j := judgement_from(order, hit.text, "cache")) is not None:
-                stats.cache_hits += 1
-                plan[order] = j
-                continue
-            cid = custom_id(prep.record["id"], order)
-            plan[order] = (cid, key)
-            spool.write(dumps({"custom_id": cid, "method": "POST", "url": ENDPOINT, "body": request_body(req, cfg.judge_model)}) + "\n")
-            n_lines += 1
+            got = batch.add(req, custom_id(prep.record["id"], order), parse_scores)
+            plan[order] = Judgement(order, got.value, got.text, got.source) if isinstance(got, Reply) else (req, got)
         prep.image_url = None  # the request line holds the pixels now; keep memory flat
         plans.append((prep, plan))
-    spool.close()
-    if cfg.collect:
-        replies = cfg.collected if cfg.collected is not None else read_outputs(cfg.collect)
-    elif n_lines:
-        with open(spool_path, encoding="utf-8") as lines:
-            files = write_request_files((x.rstrip("\n") for x in lines), folder, cfg.max_batch_requests, cfg.max_batch_bytes)
-        spool_path.unlink()
-        if cfg.prepare_only:
-            print(f"stmed judge: wrote {n_lines} requests in {len(files)} file(s) under {folder}/; "
-                  f"submit them, or run `vllm run-batch -i FILE -o OUT`, then --collect OUT", file=sys.stderr)
-            return
-        replies = read_outputs(submit_and_wait(cfg, files, folder))
-    else:
-        replies = {}
-    spool_path.unlink(missing_ok=True)
+    if not batch.send():
+        return
     for prep, plan in plans:
-        yield _finish(prep, plan, replies, cfg, stats, cache)
+        yield _finish(prep, plan, batch, cfg, stats)
 
 
-def _finish(prep, plan: dict, replies: dict, cfg: JudgeConfig, stats: JudgeStats, cache) -> Outcome:
+def _finish(prep, plan: dict, batch: BatchRound, cfg: JudgeConfig, stats: JudgeStats) -> Outcome:
     judgements = []
     for order, item in plan.items():
         if not isinstance(item, tuple):
             judgements.append(item)
             continue
-        cid, key = item
-        result, error = replies.get(cid, (None, f"no reply for {cid} in the batch output"))
-        if result is None:
-            return Outcome.failed(prep.record, str(error))
-        stats.requests += 1
-        stats.usage.add(result.usage)
-        j = judgement_from(order, result.text, "batch")
-        if j is None:
-            return Outcome.failed(prep.record, "judge reply has no two scores", [result.text])
-        cache.put(key, cfg.judge_model, result)
-        judgements.append(j)
+        req, cid = item
+        got = batch.reply(req, cid, parse_scores)
+        if got.error is not None:
+            return Outcome.failed(prep.record, got.error)
+        if got.value is None:
+            return Outcome.failed(prep.record, "judge reply has no two scores", [got.text])
+        judgements.append(Judgement(order, got.value, got.text, got.source))
     return outcome(prep, decide(judgements, len(prep.answers), cfg.policy, cfg.min_margin), judgements, cfg, stats)
 
 
@@ -180,12 +206,13 @@ def _retrying(fn, *args, **kwargs):
             return fn(*args, **kwargs)
 
 
-def submit_and_wait(cfg: JudgeConfig, files: list[Path], folder: Path) -> list[Path]:
+def submit_and_wait(opts: BatchOptions, files: list[Path]) -> list[Path]:
     """Upload, create, poll and download; returns the downloaded output and error files."""
     from openai import OpenAI, OpenAIError
 
-    key = api_key_from_env(cfg.api_key_env, cfg.base_url)
-    client = OpenAI(api_key=key, base_url=cfg.base_url, max_retries=0, timeout=cfg.timeout)
+    settings, folder = opts.client, opts.folder
+    key = api_key_from_env(settings.api_key_env, settings.base_url)
+    client = OpenAI(api_key=key, base_url=settings.base_url, max_retries=0, timeout=settings.timeout)
     state_path = folder / "state.json"
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
     try:
@@ -201,7 +228,7 @@ def submit_and_wait(cfg: JudgeConfig, files: list[Path], folder: Path) -> list[P
             print(f"stmed judge: submitted {f.name} as {batch.id}", file=sys.stderr)
         out = []
         for f in files:
-            out += _wait_one(client, state[f.name]["batch_id"], folder, f.stem.replace("requests", ""), cfg.poll_interval)
+            out += _wait_one(client, state[f.name]["batch_id"], folder, f.stem.replace("requests", ""), opts.poll_interval)
         return out
     except OpenAIError as e:
         raise InputError(redact(f"batch API call failed ({describe(e)})", key)) from None

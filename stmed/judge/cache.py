@@ -8,13 +8,13 @@ API key, the base URL or any file path. WAL mode lets shards on one machine shar
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import time
 from pathlib import Path
 
-from stmed.backends import ChatResult, Usage
+from stmed.api import ChatResult, Usage
 from stmed.errors import InputError
+from stmed.paths import cache_root
 
 MIGRATIONS = [
     """CREATE TABLE replies (
@@ -29,9 +29,8 @@ MIGRATIONS = [
 
 
 def default_cache_path() -> Path:
-    home = os.environ.get("STMED_HOME")
-    base = Path(home) if home else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "stmed"
-    return base / "judge-cache.sqlite"
+    """``judge-cache.sqlite`` under the cache root (stmed.paths: ``$STMED_CACHE_DIR``)."""
+    return cache_root() / "judge-cache.sqlite"
 
 
 class ReplyCache:

@@ -9,17 +9,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from stmed.backends import ChatRequest
+from stmed.api import ChatRequest
 from stmed.errors import RecordError
-from stmed.images import encode_for_api
+from stmed.images import encode_for_api, record_image
 from stmed.judge.cost import JudgeStats
 from stmed.judge.verdict import Judgement, Verdict, decide, orders, parse_scores
-from stmed.records import answer_texts
-from stmed.stages.common import record_image
-from stmed.stages.runner import Outcome
+from stmed.records import Outcome, answer_texts
 
 if TYPE_CHECKING:
-    from stmed.stages.judge import JudgeConfig
+    from stmed.judge.config import JudgeConfig
 
 __all__ = ["Judgement", "Outcome", "Prepared", "Unparseable", "decide", "judgement_from", "orders", "outcome",
            "prepare_or_decide", "request_for"]

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stmed.backends import Usage
+from stmed.api import Usage
 from stmed.errors import InputError
 
 PRICES: dict[str, tuple[float, float]] = {

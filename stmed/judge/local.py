@@ -14,30 +14,36 @@ from collections.abc import Iterator
 
 from typing import TYPE_CHECKING
 
+from stmed.api import ChatRequest
 from stmed.judge.common import Judgement, Outcome, decide, judgement_from, orders, outcome, prepare_or_decide
+from stmed.judge.core import JudgeCore
 from stmed.judge.cost import JudgeStats
 from stmed.judge.prompt import JudgePrompt
 
 if TYPE_CHECKING:
-    from stmed.stages.judge import JudgeConfig
+    from stmed.judge.config import JudgeConfig
 
-SEED = 0  # sampling judges (temperature > 0) draw from this seed, so a rerun gives the same verdicts
+
+def local_core(model: str, engine: str, spec, batch_size: int, stats: JudgeStats | None = None) -> JudgeCore:
+    """A judge core on a local engine (``--engine hf|vllm``, stmed.registry) for the model in ``spec``
+    (its loading flags), loaded on first use; replies are not cached (a rerun costs no money)."""
+
+    def open_local():
+        from stmed.engines import EngineOptions, open_engine
+
+        return open_engine(EngineOptions(engine=engine, batch_size=batch_size), spec)
+
+    return JudgeCore(model, "local", stats=stats, engine=open_local, batch_size=batch_size)
 
 
 def run_local(cfg: JudgeConfig, records: list, stats: JudgeStats, cache=None) -> Iterator[Outcome]:
-    """A local engine (``--engine hf|vllm``, stmed.registry) as the judge; replies are not cached
-    (a rerun costs no money)."""
-    from stmed.core.generate import GenRequest, SamplingParams
-    from stmed.engines import EngineOptions, open_engine
-
-    backend = open_engine(EngineOptions(engine=cfg.engine, batch_size=cfg.batch_size), cfg.model_spec())
-    params = SamplingParams(max_new_tokens=cfg.max_tokens, temperature=cfg.temperature)
-    seeds = [None] if params.greedy else [SEED]
+    """The local engine (``--engine``) as the pairwise judge."""
+    core = local_core(cfg.judge_model, cfg.engine, cfg.model_spec(), cfg.batch_size, stats)
     prompt: JudgePrompt = cfg.prompt
 
     def request(prep, order, mode):
         text = prompt.render(prep.question, prep.answers[order[0]], prep.answers[order[1]], mode=mode)
-        return GenRequest([{"role": "user", "content": text}], prep.image, seeds=seeds)
+        return ChatRequest([{"role": "user", "content": text}], image=prep.image)
 
     chunk_size = max(1, cfg.batch_size * 8)  # records per round: enough to fill batches, few images in memory
     for start in range(0, len(records), chunk_size):
@@ -49,7 +55,7 @@ def run_local(cfg: JudgeConfig, records: list, stats: JudgeStats, cache=None) ->
             else:
                 preps.append(prep)
         jobs = [(p, o) for p in preps for o in orders(len(p.answers), cfg.policy)]
-        replies = dict(backend.generate([request(p, o, "text") for p, o in jobs], params))
+        replies = core.generate([request(p, o, "text") for p, o in jobs], cfg.max_tokens, cfg.temperature)
         broken = {id(p): replies[k] for k, (p, _) in enumerate(jobs) if isinstance(replies[k], Exception)}
         for p in [p for p in preps if id(p) in broken]:  # the model failed on this record's input
             yield Outcome.failed(p.record, str(broken[id(p)]))
@@ -58,24 +64,18 @@ def run_local(cfg: JudgeConfig, records: list, stats: JudgeStats, cache=None) ->
         judged: dict[int, Judgement] = {}
         fallback = []
         for k, p, o in jobs:
-            stats.requests += 1
-            text = replies[k].texts[0]
-            stats.usage.completion_tokens += replies[k].total_tokens
-            j = judgement_from(o, text, "local")
+            j = judgement_from(o, replies[k], "local")
             if j is None:
                 fallback.append(k)
             else:
                 judged[k] = j
         if fallback:
-            stats.logprob_fallbacks += len(fallback)
             order_of = {k: (p, o) for k, p, o in jobs}
-            lps = backend.choice_logprobs([request(*order_of[k], "choice") for k in fallback], ["1", "2"],
-                                          batch_size=cfg.batch_size)
+            lps = core.choose([request(*order_of[k], "choice") for k in fallback], ["1", "2"])
             for k, lp in zip(fallback, lps):
                 p1 = 1.0 / (1.0 + math.exp(lp["2"] - lp["1"]))  # softmax over the two choices only
-                text = replies[k].texts[0]
                 judged[k] = Judgement(order_of[k][1], (round(10 * p1, 4), round(10 * (1 - p1), 4)),
-                                      f"{text}\n[log-prob fallback: p(1)={p1:.4f}]", "logprob")
+                                      f"{replies[k]}\n[log-prob fallback: p(1)={p1:.4f}]", "logprob")
         by_prep: dict[int, list[Judgement]] = {}
         for k, p, _ in jobs:
             by_prep.setdefault(id(p), []).append(judged[k])

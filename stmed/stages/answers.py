@@ -10,12 +10,12 @@ from typing import Optional
 from stmed import __version__
 from stmed.core.generate import GenRequest, SamplingParams
 from stmed.errors import InputError, RecordError
+from stmed.images import record_image
 from stmed.options import MAX_PIXELS_HELP, ints, opt
 from stmed.prompts import Prompt, file_option
-from stmed.records import Record, require
+from stmed.records import Outcome, Record, require
 from stmed.corrupt import ANSWERS, FIELD, Corruption
-from stmed.stages.common import chunk_size, chunks, record_image, seed_for
-from stmed.stages.runner import Outcome
+from stmed.stages.common import chunk_size, chunks, seed_for
 
 
 @dataclass

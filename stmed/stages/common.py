@@ -1,53 +1,13 @@
-"""Helpers every generation stage shares: record images, stable seeds, chunked ordered output."""
+"""Helpers every generation stage shares: stable seeds, chunked ordered output (a record's image
+is ``stmed.images.record_image``)."""
 
 from __future__ import annotations
 
 import hashlib
-from functools import lru_cache
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 from typing import TypeVar
 
-from stmed.corrupt import Corruption
-from stmed.errors import RecordError
-from stmed.images import load_image, prepare, resolve_path, short_path
-from stmed.records import Record
-
 T = TypeVar("T")
-
-
-def record_image(rec: Record, image_root: Path | None = None, pad_square: bool = False, max_pixels: int | None = None,
-                 corrupt: Corruption | None = None):
-    """The record's image as RGB (optionally corrupted, padded square, bounded in pixels), or
-    RecordError naming file:line."""
-    image = rec.get("image")
-    if image is not None and not isinstance(image, str):
-        raise RecordError(f"{rec.where}: field 'image' must be str, got {type(image).__name__}")
-    if not image:
-        raise RecordError(f"{rec.where}: missing field 'image'")
-    try:
-        path = resolve_path(image, rec.base_dir, image_root)
-        stat = path.stat()
-        return _load(str(path), stat.st_mtime_ns, stat.st_size, pad_square, max_pixels, corrupt)
-    except FileNotFoundError:
-        raise RecordError(f"{rec.where}: {path}: image not found") from None
-    except RecordError as e:  # an image from a folder input: its "where" is the image's path already
-        raise RecordError(str(e) if str(e).startswith(f"{rec.where}: ") else f"{rec.where}: {e}") from None
-    except (OSError, ValueError) as e:  # a name too long or holding a NUL byte, a permission denied
-        raise RecordError(f"{rec.where}: {short_path(image)!r}: cannot read the image "
-                          f"({getattr(e, 'strerror', None) or e})") from None
-
-
-@lru_cache(maxsize=8)
-def _load(path: str, mtime_ns: int, size: int, pad_square: bool, max_pixels: int | None,
-          corrupt: Corruption | None = None):
-    """Questions about one image sit together: decode it once, not once per question. Keyed by
-    modification time and size so a rewritten file is read again; small, as images can be big.
-    A corruption works on the decoded pixels, before padding and resizing, as every stage rebuilds it."""
-    img, _ = load_image(path)
-    if corrupt is not None:
-        img = corrupt.apply(img)
-    return prepare(img, pad_square, max_pixels)
 
 
 def seed_for(base: int, key: str, k: int) -> int:

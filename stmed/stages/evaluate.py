@@ -18,8 +18,8 @@ from stmed import __version__
 from stmed.errors import InputError, did_you_mean
 from stmed.evaluation.metrics import aggregate, per_item, score_item
 from stmed.options import MAX_PIXELS_HELP, opt
-from stmed.records import Record, read_records
-from stmed.stages.runner import Files, Outcome, run_stage
+from stmed.records import Outcome, Record, read_records
+from stmed.stages.runner import Files, run_stage
 
 PROMPT_VERSIONS = {"free": "1", "short": "1"}
 
@@ -194,7 +194,7 @@ def evaluate(cfg: EvalConfig, data, items: list[Record], files: Files, *, engine
 
 def _judged(outcomes: Iterable[Outcome], judge, chunk: int | None = None) -> Iterator[Outcome]:
     """The outcomes with their open items judged, a chunk at a time so requests run concurrently."""
-    chunk = chunk or max(64, 4 * judge.cfg.concurrency)
+    chunk = chunk or judge.chunk
     pending: list[Outcome] = []
 
     def flush() -> Iterator[Outcome]:

@@ -18,8 +18,7 @@ from collections.abc import Callable, Iterable, Iterator
 from stmed.corrupt import ANSWERS, FIELD, HARD_NEGATIVE, Corruption
 from stmed.errors import RecordError
 from stmed.judge.cost import JudgeStats
-from stmed.records import Record, answer_texts, require
-from stmed.stages.runner import Outcome
+from stmed.records import Outcome, Record, answer_texts, require
 
 KINDS = ("corrupt",)
 FLAG = "--hard-negative corrupt"

@@ -43,7 +43,7 @@ def _records(outcomes, path: Path) -> list[Record]:
 def _describe(backend, rec: Record, max_new_tokens: int, max_pixels: int | None) -> str:
     from stmed.core.generate import GenRequest, SamplingParams
     from stmed.prompts import DESCRIBE
-    from stmed.stages.common import record_image
+    from stmed.images import record_image
 
     req = GenRequest([{"role": "user", "content": DESCRIBE.text}], record_image(rec, max_pixels=max_pixels))
     return next(iter(backend.generate([req], SamplingParams(max_new_tokens))))[1].texts[0]

@@ -17,11 +17,10 @@ from typing import Optional
 from stmed import __version__, prompts, registry
 from stmed.core.generate import GenRequest, SamplingParams
 from stmed.errors import InputError, RecordError
-from stmed.images import list_images
+from stmed.images import list_images, record_image
 from stmed.options import MAX_PIXELS_HELP, opt
-from stmed.records import Record
-from stmed.stages.common import chunk_size, chunks, record_image, seed_for
-from stmed.stages.runner import Outcome
+from stmed.records import Outcome, Record
+from stmed.stages.common import chunk_size, chunks, seed_for
 
 STRATEGIES = ("vuser", "instruct")
 

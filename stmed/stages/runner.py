@@ -1,8 +1,8 @@
 """The one runner of every JSONL stage (gen-questions, answer, judge, eval).
 
-A stage is ``run(cfg, engine, records) -> Iterator[Outcome]``: it says what became of each unit
-of its input (a record; an image for gen-questions) and touches no file. The runner owns the
-rest, the same way for every stage:
+A stage is ``run(cfg, engine, records) -> Iterator[Outcome]`` (stmed.records.Outcome): it says
+what became of each unit of its input (a record; an image for gen-questions) and touches no
+file. The runner owns the rest, the same way for every stage:
 
 - the output (resumed when it exists: ids already there are not redone, and a record is never
   written twice), the skipped file (the judge's ties and inconsistent verdicts) and the errors
@@ -27,36 +27,7 @@ from typing import Any
 from stmed import __version__
 from stmed.errors import EXIT_OK, EXIT_SOME_FAILED, InputError
 from stmed.options import opt
-from stmed.records import ErrorSink, RecordWriter, default_errors_path, sibling_path, write_json
-
-
-@dataclass
-class Outcome:
-    """What a stage made of one unit of its input.
-
-    ``done``: ``records`` go to the output. ``skipped``: a decision not to make a record (the
-    judge's ties), ``records`` go to the skipped file with their reason. ``failed``: ``records``
-    holds the input record, ``error`` the one line naming its file:line, ``raw`` any replies
-    that could not be parsed."""
-
-    kind: str  # done | skipped | failed
-    records: list[dict]
-    error: str | None = None
-    raw: list[str] | None = None
-    tokens: int = 0  # tokens generated for it, for the rate in the summary
-
-    @property
-    def record(self) -> dict:
-        return self.records[0]
-
-    @classmethod
-    def done(cls, *records: dict, tokens: int = 0) -> Outcome:
-        return cls("done", list(records), tokens=tokens)
-
-    @classmethod
-    def failed(cls, record, error: str, raw: list[str] | None = None) -> Outcome:
-        where = getattr(record, "where", "?")
-        return cls("failed", [record], error if error.startswith(where) else f"{where}: {error}", raw)
+from stmed.records import ErrorSink, Outcome, RecordWriter, default_errors_path, sibling_path, write_json
 
 
 @dataclass

@@ -22,6 +22,20 @@ from stmed.corrupt import FIELD, Corruption
 from stmed.errors import InputError, RecordError
 from stmed.records import Record
 
+# The preference methods `stmed compare` trains side by side, each as the dpo options that select
+# it ({option: value}, as in a --config file); docs/training.md ("Beyond the paper") says where
+# each comes from. The paper's method first.
+VARIANTS: dict[str, dict] = {
+    "dpo": {},  # STLLaVA-Med: sigmoid DPO, beta 0.1
+    "dpo+sft": {"loss": "sigmoid=1,sft=1"},  # RPO: DPO plus the chosen answer's NLL
+    "ipo": {"loss": "ipo"},
+    "wpo": {"wpo": True},  # each pair by its answers' probability under the policy
+    "weighted": {"weight": "margin"},  # each pair by the judge's margin (MMedPO's weighting)
+    "image-pref": {"image_pref": 1.0},  # mDPO's image-conditional term
+}
+# Plain DPO on other pairs: the corrupted-image hard negatives of `stmed judge --hard-negative corrupt`.
+HARD_NEGATIVES = "hard-negatives"
+
 
 def record_weight(rec: Record, field: str) -> float:
     """The pair's raw weight from ``field``: a finite number >= 0, else RecordError naming file:line."""

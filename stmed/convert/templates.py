@@ -39,6 +39,6 @@ MISTRAL_INSTRUCT = (
 )
 TEMPLATES = {"vicuna_v1": VICUNA_V1, "mistral_instruct": MISTRAL_INSTRUCT}
 # The template by model_type: Mistral's [INST] format for llava_mistral. microsoft/LLaVA-Med's
-# llava/eval/model_vqa.py defaults to --conv-mode vicuna_v1 whatever the model; --template vicuna_v1
+# llava/eval/model_vqa.py defaults to --conv-mode vicuna_v1 whatever the model; --chat-template vicuna_v1
 # reproduces that eval. Its process_images pads to square (image_aspect_ratio "pad") there too.
 DEFAULT_TEMPLATE = {"llava_llama": "vicuna_v1", "llava": "vicuna_v1", "llava_mistral": "mistral_instruct"}

@@ -1,10 +1,11 @@
-"""Models that live outside this process: wire-level request and reply types.
+"""Chat APIs outside this process: the wire-level request and reply types, and the OpenAI
+client (``openai_client``: one dataclass of client settings, tenacity retries).
 
 The shared interface for "a model that generates from (image, messages)" is
-``stmed.engines.base.Engine``; ``stmed.engines.openai.OpenAIEngine`` implements it on top of
-``openai_client.OpenAIClient``. The judge, its cache and its Batch API files work one level
-lower, on ``ChatRequest``/``ChatResult``, because they need the exact request body (for cache
-keys and batch files) and the token usage of every reply.
+``stmed.engines.base.Engine``; the openai engine (``stmed.engines.openai.OpenAIEngine``)
+implements it on top of ``openai_client.OpenAIClient``. The LLM-judge core (stmed.judge.core), its cache and
+its Batch API files work one level lower, on ``ChatRequest``/``ChatResult``, because they need
+the exact request body (for cache keys and batch files) and the token usage of every reply.
 """
 
 from __future__ import annotations

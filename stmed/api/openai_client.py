@@ -17,33 +17,29 @@ import re
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import TypeVar
 
-from stmed.backends import ChatRequest, ChatResult, Usage
+from stmed.api import ChatRequest, ChatResult, Usage
+from stmed.api.settings import ClientSettings
 from stmed.errors import InputError, RecordError, StmedError
 
 T = TypeVar("T")
 
 
 @dataclass
-class OpenAIConfig:
+class OpenAIConfig(ClientSettings):
+    """The client's whole configuration: the settings, the served model and the retry policy's limits."""
+
     model: str = "gpt-4o"  # the paper's judge
-    base_url: str | None = None  # None: api.openai.com; else e.g. http://localhost:8000/v1 (vLLM)
-    api_key_env: str = "OPENAI_API_KEY"
-    concurrency: int = 16  # requests in flight
-    timeout: float = 120.0  # seconds for one HTTP attempt
-    max_request_seconds: float = 600.0  # all attempts and waits of one request together
     max_attempts: int = 10
-    backoff_initial: float = 1.0  # first back-off; doubles each retry, with full jitter
     backoff_max: float = 60.0
     max_retry_after: float = 300.0  # a longer Retry-After is capped, not obeyed blindly
 
-    def __post_init__(self) -> None:
-        if self.concurrency < 1:
-            raise InputError(f"--concurrency {self.concurrency}: must be at least 1")
-        if self.timeout <= 0 or self.max_request_seconds <= 0:
-            raise InputError("--timeout and --max-request-time must be positive")
+    @classmethod
+    def of(cls, settings: ClientSettings, model: str) -> OpenAIConfig:
+        """The whole configuration for ``model`` from a config's client settings."""
+        return cls(model=model, **{f.name: getattr(settings, f.name) for f in fields(ClientSettings)})
 
 
 class RequestFailed(RecordError):
