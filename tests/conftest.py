@@ -15,6 +15,15 @@ EXAMPLE_IMAGES = ROOT / "examples" / "images"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the Hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    # one worker per core: a tiny model gains nothing from intra-op threads, and each worker
+    # (and every stmed process it starts) spreading over every core makes them all wait
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+# The longest files first, so that under `make test` (whole files per worker) none starts last.
+HEAVY_FIRST = ("test_families.py", "test_multiprocess.py", "test_vllm.py", "test_reliability.py", "test_prefill.py",
+               "test_full_run.py", "test_convert.py", "test_dpo.py", "test_sft.py")
 
 
 def run_root(tmp_path_factory) -> Path:
@@ -64,6 +73,11 @@ def run_stmed(*args: str, input: str | bytes | None = None, cwd: Path | None = N
                           cwd=cwd or ROOT, env=full_env, timeout=timeout)
     proc.stdout, proc.stderr = proc.stdout.decode("utf-8", "replace"), proc.stderr.decode("utf-8", "replace")
     return proc
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: k for k, name in enumerate(HEAVY_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
 
 
 def pytest_addoption(parser):
