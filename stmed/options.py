@@ -235,22 +235,30 @@ def _params(ctx) -> dict:
             if p.param_type_name == "option" and not getattr(p, "hidden", False) and p.name != "config"}
 
 
+def read_yaml(path: Path, missing: str):
+    """(the data of the YAML file at ``path``, its node tree: where each key's line is); a missing
+    file is the InputError ``missing``, a file that does not parse one line naming file:line."""
+    import yaml
+
+    from stmed.errors import InputError
+
+    if not path.is_file():
+        raise InputError(missing)
+    text = path.read_text(encoding="utf-8")
+    try:
+        return yaml.safe_load(text), yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise InputError(f"{where}: not valid YAML ({getattr(e, 'problem', None) or 'cannot parse'})") from None
+
+
 def config_values(path: Path, ctx, given: set[str]) -> dict[str, Any]:
     """What ``--config FILE`` sets: each key's value, converted as its flag's, for the options
     not ``given`` on the command line. A bad file, key or value is one InputError line."""
-    import yaml
-
     from stmed.errors import InputError, did_you_mean
 
-    if not path.is_file():
-        raise InputError(f"--config {path}: no such file")
-    text = path.read_text(encoding="utf-8")
-    try:
-        loaded = yaml.safe_load(text)
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise InputError(f"{path}:{mark.line + 1 if mark else 1}: not valid YAML") from None
+    loaded, root = read_yaml(path, f"--config {path}: no such file")
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from stmed.errors import InputError, did_you_mean
+from stmed.options import read_yaml
 
 
 def load(cls, path: str | Path | None, overrides: dict[str, Any] | None = None, flags: dict[str, str] | None = None):
@@ -43,18 +44,7 @@ def load(cls, path: str | Path | None, overrides: dict[str, Any] | None = None, 
 
 
 def _read(cls, path: Path) -> tuple[dict[str, Any], dict[str, str]]:
-    import yaml
-
-    if not path.is_file():
-        raise InputError(f"{path}: no such file (the run's declaration)")
-    text = path.read_text(encoding="utf-8")
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        raise InputError(f"{where}: not valid YAML ({getattr(e, 'problem', None) or 'cannot parse'})") from None
+    data, node = read_yaml(path, f"{path}: no such file (the run's declaration)")
     if data is None:
         return {}, {}
     if not isinstance(data, dict):
