@@ -234,10 +234,6 @@ def test_a_missing_vllm_is_one_line(tiny_model, tmp_path):
 
 def test_no_module_imports_another_modules_private_name():
     """A leading underscore means "this module's own": what another module needs is made public by its owner."""
-    allowed = {  # older ones, not yet made public by their owners
-        ("stmed.core.chat", "stmed.core.template._SENTINEL"),
-        ("stmed.evaluation.parquet", "stmed.evaluation.loaders._question_type"),
-    }
     found = set()
     for p in PACKAGE.rglob("*.py"):
         name = ".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
@@ -245,4 +241,4 @@ def test_no_module_imports_another_modules_private_name():
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("stmed") and node.module != name:
                 found |= {(name, f"{node.module}.{a.name}") for a in node.names
                           if a.name.startswith("_") and not a.name.startswith("__")}
-    assert not found - allowed, f"private names imported from another module: {sorted(found - allowed)}"
+    assert not found, f"private names imported from another module: {sorted(found)}"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from stmed.core.template import _SENTINEL, apply_template, render_turns
+from stmed.core.template import SENTINEL, apply_template, render_turns
 from stmed.core.tokens import TokenMismatch, close_turns, split_completion, tokenizer_of, turn_end
 
 ContinueAs = Literal["assistant", "user"]
@@ -22,9 +22,9 @@ def render(processor, messages: list[dict], *, with_image: bool = True, continue
         return _closed(processor, messages, apply_template(processor, messages, with_image, generation_prompt=True))
     # Render one more user turn holding a sentinel and cut there: whatever the template puts
     # before a user's words (role header, separators) is kept, for any model's template.
-    probe = [*messages, {"role": "user", "content": _SENTINEL}]
+    probe = [*messages, {"role": "user", "content": SENTINEL}]
     text = _closed(processor, messages, apply_template(processor, probe, with_image, generation_prompt=False))
-    cut = text.find(_SENTINEL)
+    cut = text.find(SENTINEL)
     assert cut >= 0, "chat template dropped the user turn; cannot continue in the user's role"
     return user_junction(processor, text[:cut])
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from stmed.errors import InputError
 
-_SENTINEL = "\u2063STMED-CUT\u2063"  # invisible separator: never produced by a tokenizer round trip
+SENTINEL = "\u2063STMED-CUT\u2063"  # invisible separator: never produced by a tokenizer round trip
 
 
 class NoTemplate(InputError):
@@ -42,7 +42,7 @@ def use_template(processor, path: str | None = None) -> None:
     if not getattr(processor, "chat_template", None):
         raise NoTemplate("this model comes with no chat template; pass --chat-template FILE (a Jinja template, "
                          "or a chat_template.json)")
-    turn = [{"role": "user", "content": _SENTINEL}]
+    turn = [{"role": "user", "content": SENTINEL}]
     try:
         with_image = apply_template(processor, turn, True, generation_prompt=True)
         without = apply_template(processor, turn, False, generation_prompt=True)
@@ -59,7 +59,7 @@ def use_template(processor, path: str | None = None) -> None:
             _SAID.add(processor.chat_template)
             print(f"stmed: the chat template takes string content only; image turns are rendered as the original "
                   f"LLaVA code wrote them: {image_token(processor)!r} and a newline before the text", file=sys.stderr)
-    if with_image.count(_SENTINEL) != 1 or with_image == without or "'type'" in with_image:
+    if with_image.count(SENTINEL) != 1 or with_image == without or "'type'" in with_image:
         raise NoTemplate("the chat template cannot render an image turn (it drops the image or writes the "
                          "message parts as text); pass --chat-template FILE with one that can")
 
@@ -100,7 +100,7 @@ def _takes_strings(processor) -> bool:
     if getattr(processor, "tokenizer", None) is None or not getattr(processor, "image_token", None):
         return False
     try:
-        _render_strings(processor, [{"role": "user", "content": _SENTINEL}], False, True)
+        _render_strings(processor, [{"role": "user", "content": SENTINEL}], False, True)
         return True
     except Exception:
         return False

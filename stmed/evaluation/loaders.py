@@ -118,7 +118,8 @@ def _field(row: dict, key: str, where: str):
     return row[key]
 
 
-def _question_type(value) -> str | None:
+def question_kind(value) -> str | None:
+    """A question-type field as the data writes it, stripped and upper-cased; None where it is empty."""
     return None if value in (None, "", "NULL") else str(value).strip().upper()
 
 
@@ -128,7 +129,7 @@ def _rad_items(ctx: Context, rows) -> list[Record]:
     return [
         make_item(where, base, id=_field(r, "qid", where), image=find(str(_field(r, "image_name", where))),
                   question=r.get("question"), answer=r.get("answer"), answer_type=_field(r, "answer_type", where),
-                  question_type=_question_type(r.get("question_type")), organ=r.get("image_organ"),
+                  question_type=question_kind(r.get("question_type")), organ=r.get("image_organ"),
                   phrase_type=r.get("phrase_type"))
         for where, r in rows
     ]
@@ -161,7 +162,7 @@ def load_slake(ctx: Context) -> list[Record]:
         items.append(make_item(
             where, base, id=_field(r, "qid", where), image=find(str(_field(r, "img_name", where))),
             question=r.get("question"), answer=r.get("answer"), answer_type=_field(r, "answer_type", where),
-            question_type=_question_type(r.get("content_type")), lang=r.get("q_lang"),
+            question_type=question_kind(r.get("content_type")), lang=r.get("q_lang"),
             modality=r.get("modality"), location=r.get("location")))
     return items
 
@@ -181,7 +182,7 @@ def load_llava_med(ctx: Context) -> list[Record]:
         question = _IMAGE_TAG.sub("", str(turns[0].get("value", "")))
         items.append(make_item(where, base, id=_field(r, "id", where), image=find(str(_field(r, "image", where))),
                                question=question, answer=turns[1].get("value"), answer_type=r.get("answer_type"),
-                               question_type=_question_type(r.get("question_type"))))
+                               question_type=question_kind(r.get("question_type"))))
     return items
 
 
@@ -197,7 +198,7 @@ def load_jsonl(ctx: Context) -> list[Record]:
     for i, (where, r) in enumerate(rows):
         extra = {k: v for k, v in r.items() if k not in ("id", "image", "question", "answer", "answer_type")}
         if "question_type" in extra:
-            extra["question_type"] = _question_type(extra["question_type"])
+            extra["question_type"] = question_kind(extra["question_type"])
         items.append(make_item(where, base, id=r.get("id", f"{r.get('image')}:{i + 1}"),
                                image=find(str(_field(r, "image", where))), question=r.get("question"),
                                answer=r.get("answer"), answer_type=r.get("answer_type"), **extra))
@@ -287,5 +288,5 @@ def _pathvqa_rows(ctx: Context, rows: list) -> list[Record]:
         items.append(make_item(
             where, base, id=r.get("question_id", r.get("qid", f"{image_id}:{i}")), image=find(image_id),
             question=r.get("question", r.get("sent")), answer=answer, answer_type=r.get("answer_type"),
-            question_type=_question_type(r.get("question_type"))))
+            question_type=question_kind(r.get("question_type"))))
     return items

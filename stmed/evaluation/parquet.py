@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 from stmed.errors import InputError
-from stmed.evaluation.loaders import Context, _question_type, make_item
+from stmed.evaluation.loaders import Context, question_kind, make_item
 from stmed.paths import cache_root
 from stmed.records import Record
 
@@ -66,7 +66,7 @@ def load_parquet(ctx: Context) -> list[Record]:
                         where, base, id=r.get("id", r.get("qid", r.get("question_id", f"{file.stem}:{i - 1}"))),
                         image=f"{file}#row={i - 1}", question=r.get("question"), answer=r.get("answer"),
                         answer_type=r.get("answer_type"),
-                        question_type=_question_type(r.get("question_type", r.get("content_type"))))
+                        question_type=question_kind(r.get("question_type", r.get("content_type"))))
                     ctx.lazy_images[item["id"]] = (file, i - 1, out_dir)
                     items.append(item)
         except InputError:
