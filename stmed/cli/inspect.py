@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -13,21 +13,16 @@ from stmed.cli import common as c
 from stmed.cli.app import app
 from stmed.core.model import ModelSpec
 from stmed.options import options
+from stmed.stages.inspect import InspectConfig
 
 
 @app.command("inspect")
 @c.command
-@options(ModelSpec)
+@options(InspectConfig, ModelSpec)
 def inspect(
     image: Annotated[Path, typer.Argument(metavar="IMAGE", help="An image file: JPEG, PNG, TIFF, BMP, WebP or DICOM.")],
-    model: c.Model, spec: ModelSpec,
-    question: Annotated[Optional[list[str]], typer.Option("--question", metavar="TEXT", help="Ask this (repeatable).")] = None,
-    n_questions: Annotated[int, typer.Option("-n", help="Questions the model asks itself.")] = 3,
-    max_new_tokens: Annotated[int, typer.Option(help="Per answer and question.")] = 128,
+    model: c.Model, cfg: InspectConfig, spec: ModelSpec,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a panel.")] = False,
-    seed: Annotated[int, typer.Option(help="Seed of the self-asked questions.")] = 0,
-    max_pixels: c.MaxPixels = None,
-    engine: Annotated[str, typer.Option(help="hf (transformers) | vllm: the engine the model runs on.")] = "hf",
 ) -> int:
     """Show an image's facts, the model's description, its own questions and its answers."""
     from stmed.images import load_image
@@ -36,10 +31,9 @@ def inspect(
     from stmed.stages.inspect import inspect_image
 
     _, info = load_image(image)  # a bad image fails here, before the model loads
-    options = EngineOptions(engine=engine)
+    options = EngineOptions(engine=cfg.engine)
     registry.require(options.entry, "continues_as_user", "inspect (its self-asked questions)")
-    result = inspect_image(open_engine(options, replace(spec, model=model)), image, info, question or [], n_questions=n_questions, seed=seed,
-                           max_new_tokens=max_new_tokens, max_pixels=max_pixels)
+    result = inspect_image(open_engine(options, replace(spec, model=model)), image, info, cfg)
     if as_json:
         print(json.dumps(result, ensure_ascii=False))
     else:

@@ -3,17 +3,30 @@ itself (the same vuser path as gen-questions) and its answers, plus the user's o
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from stmed.errors import RecordError
+from stmed.options import like, opt
 from stmed.records import Record
 from stmed.stages import answers, questions
 
 
-def inspect_image(backend, path: Path, info, asked: list[str], *, n_questions: int = 3, seed: int = 0,
-                  max_new_tokens: int = 128, max_pixels: int | None = None) -> dict:
+@dataclass
+class InspectConfig:
+    question: list[str] = opt(help="Ask this (repeatable).", flags="--question", factory=list, metavar="TEXT")
+    n_questions: int = opt(3, "Questions the model asks itself.", flags="-n", min=0)  # a quick look, not the paper's 5
+    max_new_tokens: int = opt(128, "Per answer and question (the description gets twice as many).", min=1)
+    seed: int = opt(0, "Seed of the self-asked questions.")
+    max_pixels: int | None = like(questions.QuestionsConfig, "max_pixels")
+    engine: str = opt("hf", "hf (transformers) | vllm: the engine the model runs on.")
+
+
+def inspect_image(backend, path: Path, info, cfg: InspectConfig) -> dict:
     """``info``: the ImageInfo from opening ``path`` (done before the model loads, so a bad image
     is an input error that costs no model time)."""
+    asked, n_questions, seed = cfg.question, cfg.n_questions, cfg.seed
+    max_new_tokens, max_pixels = cfg.max_new_tokens, cfg.max_pixels
     rec = Record.at({"id": path.name, "image": str(path.resolve())}, str(path), path.resolve().parent)
     qcfg = questions.QuestionsConfig(n=n_questions, seed=seed, max_new_tokens=max_new_tokens,
                                      describe_max_new_tokens=max_new_tokens * 2, max_pixels=max_pixels)
