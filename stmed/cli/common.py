@@ -22,9 +22,8 @@ Model = Annotated[str, typer.Option("-m", "--model", help="Hugging Face model id
 Input = Annotated[str, typer.Argument(metavar="INPUT", help="Input JSONL file, or - for stdin.")]
 Limit = Annotated[Optional[int], typer.Option("--limit", min=1, help="Only the first N input records.")]
 Shard = Annotated[Optional[str], typer.Option("--shard", help="I/N: this process takes shard I of N (stable split by id).")]
-# Flags whose help lives on a config field, for commands that take them one by one (view, inspect)
+# Flags whose help lives on a config field, for a command that takes them one by one (view)
 ImageRoot = flag_type(QuestionsConfig, "image_root")
-MaxPixels = flag_type(QuestionsConfig, "max_pixels")
 Quiet = flag_type(Files, "quiet", default_none=False)
 
 
